@@ -1,0 +1,1 @@
+"""Built-in snn-suite baselines (installed as suite.baselines)."""

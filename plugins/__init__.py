@@ -1,0 +1,1 @@
+"""Built-in snn-suite plugins (installed as suite.plugins)."""

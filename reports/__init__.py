@@ -1,0 +1,1 @@
+"""Built-in snn-suite reports (installed as suite.reports)."""

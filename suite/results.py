@@ -1,0 +1,103 @@
+"""Results store: one JSON Lines file per finished cell under ``DIR/cells/``.
+
+Each cell file is written to a temporary name and renamed into place (atomic on POSIX), so an
+interrupted run loses nothing already finished, parallel workers never share a file, and
+result directories from several machines merge by copying. ``--resume`` skips cells whose file
+exists with status ``ok``, ``nan`` or ``skipped`` (deterministic outcomes); ``failed`` cells are retried.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+SCHEMA_VERSION = 1
+
+#: row columns, in order (ARCHITECTURE.md's schema plus status, error and bookkeeping)
+COLUMNS = [
+    "rule", "paper", "dataset", "arch", "encoding", "backend", "T", "seed", "accuracy",
+    "synops", "macs", "energy_pj", "spikes_per_sample", "train_time_s", "samples_per_s",
+    "peak_mem_mb", "suite_version", "plugin_version", "config_hash", "status", "error",
+    "epochs", "train_T", "n_train", "n_test", "cell_id", "preset", "command", "finished_at",
+    "schema_version", "extra",
+]
+FINAL_STATUSES = ("ok", "nan", "skipped")
+
+
+def cell_path(out_dir: Path, cell_id: str) -> Path:
+    return Path(out_dir) / "cells" / f"{cell_id}.jsonl"
+
+
+def write_cell(out_dir: Path, cell_id: str, rows: list[dict]) -> Path:
+    path = cell_path(out_dir, cell_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".jsonl")
+    try:
+        with os.fdopen(fd, "w") as f:
+            for row in rows:
+                f.write(json.dumps({**row, "schema_version": SCHEMA_VERSION}, sort_keys=True, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def cell_done(out_dir: Path, cell_id: str) -> bool:
+    path = cell_path(out_dir, cell_id)
+    if not path.is_file():
+        return False
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return bool(rows) and all(r.get("status") in FINAL_STATUSES for r in rows)
+
+
+def read_rows(*dirs) -> list[dict]:
+    rows = []
+    for d in dirs:
+        d = Path(d)
+        files = sorted((d / "cells").glob("*.jsonl")) if (d / "cells").is_dir() else []
+        if not files and not d.is_dir():
+            raise FileNotFoundError(f"{d}: no such results directory")
+        for f in files:
+            for n, line in enumerate(f.read_text().splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{f}: line {n} is not valid JSON ({exc})") from exc
+                if row.get("schema_version", 0) > SCHEMA_VERSION:
+                    raise ValueError(f"{f}: schema_version {row['schema_version']} is newer than this suite's "
+                                     f"{SCHEMA_VERSION}; upgrade snn-suite")
+                row["source"] = str(d)
+                rows.append(row)
+    return rows
+
+
+def read_frame(*dirs) -> pd.DataFrame:
+    rows = read_rows(*dirs)
+    df = pd.DataFrame(rows)
+    for c in COLUMNS:
+        if c not in df.columns:
+            df[c] = None
+    for c in ("T", "train_T", "seed", "epochs", "n_train", "n_test"):
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
+    extra = [c for c in df.columns if c not in COLUMNS]
+    df = df[COLUMNS + extra]
+    if len(df):
+        df = df.sort_values(["dataset", "rule", "arch", "seed", "T"], na_position="first", kind="stable")
+    return df.reset_index(drop=True)
+
+
+def write_run_meta(out_dir: Path, meta: dict) -> None:
+    """Append the run's command and environment to ``DIR/runs.jsonl`` (one line per invocation)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "runs.jsonl", "a") as f:
+        f.write(json.dumps(meta, sort_keys=True, default=str) + "\n")

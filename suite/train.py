@@ -1,0 +1,304 @@
+"""The host-owned training and evaluation loop, and the matrix of cells it runs.
+
+A :class:`Cell` (rule x dataset x arch x seed, plus its settings) is a small frozen, picklable
+value: any executor -- this process, a process pool, a cluster -- runs ``run_cell(cell)`` and
+gets the same rows for the same cell.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import resource
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import suite
+from suite.rule import Context, check_options
+
+
+@dataclass(frozen=True)
+class Cell:
+    rule: str
+    dataset: str
+    arch: str
+    seed: int = 0
+    timesteps: tuple[int, ...] | None = None    # None: the rule's own T
+    epochs: int | None = None                   # None: the rule's default
+    batch_size: int | None = None
+    backend: str = "torch"
+    options: tuple[tuple[str, Any], ...] = ()   # rule hyper-parameter overrides
+    data_root: str | None = None
+    limit_train: int | None = None              # use the first N training samples (quick runs)
+    limit_test: int | None = None
+    preset: str | None = None
+    device: str = "cpu"
+    command: str = ""
+
+    def config(self) -> dict:
+        d = asdict(self)
+        for k in ("data_root", "command", "preset"):
+            d.pop(k)
+        d["options"] = sorted([list(kv) for kv in self.options])
+        return d
+
+    @property
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.config(), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    @property
+    def cell_id(self) -> str:
+        return f"{self.rule}__{self.dataset}__{self.arch}__{self.backend}__s{self.seed}__{self.config_hash}"
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def environment() -> dict:
+    env = {"python": platform.python_version(), "torch": torch.__version__, "suite": suite.__version__,
+           "platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def _peak_mem_mb(device: str) -> float:
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator | None):
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    for i in range(0, n, batch_size):
+        yield order[i:i + batch_size]
+
+
+def _checkpoint_path(ckpt_dir: Path | None, cell: Cell) -> Path | None:
+    return None if ckpt_dir is None else Path(ckpt_dir) / f"{cell.cell_id}.pt"
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def run_cell(cell: Cell, host=None, progress: bool = False, checkpoint_dir: Path | None = None) -> list[dict]:
+    """Train and evaluate one cell; always returns rows (status ok / nan / failed / skipped)."""
+    if host is None:
+        from suite.host import create_host
+        host = create_host()
+    base = {"rule": cell.rule, "dataset": cell.dataset, "arch": cell.arch, "backend": cell.backend,
+            "seed": cell.seed, "suite_version": suite.__version__, "config_hash": cell.config_hash,
+            "cell_id": cell.cell_id, "preset": cell.preset, "command": cell.command}
+    t_list: list = list(cell.timesteps) if cell.timesteps else [None]
+
+    def fail(status: str, error: str, rows_T=None):
+        return [{**base, "T": T, "status": status, "error": error,
+                 "finished_at": datetime.now(timezone.utc).isoformat()} for T in (rows_T or t_list)]
+
+    try:
+        rule = host.rule(cell.rule)
+        base.update(paper=rule.paper, plugin_version=rule.version, encoding=rule.encoding)
+        dataset = host.dataset(cell.dataset)
+        arch = host.arch(cell.arch)
+        hp = check_options(rule, dict(cell.options))
+        base["encoding"] = hp.get("encoding", rule.encoding)
+    except Exception as exc:
+        return fail("failed", f"{type(exc).__name__}: {exc}")
+
+    if rule.temporal:
+        timesteps = tuple(cell.timesteps) if cell.timesteps else (int(hp["T"]),)
+        train_T = int(hp["T"]) if ("T" in dict(cell.options) or not cell.timesteps) else max(timesteps)
+        if "T" not in hp and not cell.timesteps:
+            return fail("failed", f"rule {rule.name!r} has no default T; pass --timesteps")
+    else:
+        timesteps, train_T = (), None
+    rows_T = list(timesteps) or [None]
+    base["train_T"] = train_T
+    if not rule.supports(arch, dataset.name) or cell.backend not in rule.backends():
+        what = (f"backend {cell.backend!r} (supported: {', '.join(rule.backends())})"
+                if cell.backend not in rule.backends() else f"architecture {arch.name!r} on {dataset.name!r}")
+        return fail("skipped", f"rule {rule.name!r} does not support {what}", rows_T)
+
+    try:
+        return _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_T, base,
+                                   host, progress, _checkpoint_path(checkpoint_dir, cell))
+    except NonFiniteLoss as exc:
+        return fail("nan", str(exc), rows_T)
+    except Exception as exc:
+        tb = traceback.format_exc(limit=-3)
+        return fail("failed", f"{type(exc).__name__}: {exc}\n{tb}", rows_T)
+
+
+def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_T, base, host, progress, ckpt):
+    seed_everything(cell.seed)
+    device = torch.device(cell.device)
+    train = dataset.load("train", cell.data_root)
+    test = dataset.load("test", cell.data_root)
+    xtr, ytr = train.x[:cell.limit_train], train.y[:cell.limit_train]
+    xte, yte = test.x[:cell.limit_test], test.y[:cell.limit_test]
+    epochs = int(cell.epochs if cell.epochs is not None else hp.get("epochs", 1))
+    bs = int(cell.batch_size or hp.get("batch_size", 64))
+    ctx = Context(hp=hp, T=train_T or 1, timesteps=timesteps, arch=arch, dataset=dataset.name,
+                  input_shape=tuple(dataset.input_shape), n_classes=dataset.n_classes, backend=cell.backend,
+                  seed=cell.seed, epochs=epochs, batch_size=bs, steps_per_epoch=math.ceil(len(ytr) / bs),
+                  device=str(device))
+    ctx.generator.manual_seed(cell.seed * 1_000_003 + 1)
+    shuffle = torch.Generator().manual_seed(cell.seed * 1_000_003 + 2)
+
+    model = rule.build(arch, tuple(dataset.input_shape), dataset.n_classes, cell.backend, hp).to(device)
+    optimizer, scheduler, interval = rule.configure_optimizer(model, ctx)
+    start_epoch, train_time, last = 0, 0.0, {}
+    if ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        if optimizer is not None:
+            optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        ctx.generator.set_state(state["generator"])
+        shuffle.set_state(state["shuffle"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, train_time, ctx.step = state["epoch"], state["train_time"], state["step"]
+
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=epochs * ctx.steps_per_epoch, initial=start_epoch * ctx.steps_per_epoch,
+                   desc=f"{cell.rule}/{cell.dataset}/{cell.arch}/s{cell.seed}", file=sys.stderr, leave=False)
+    for epoch in range(start_epoch, epochs):
+        ctx.epoch = epoch
+        model.train()
+        t0 = time.perf_counter()
+        for idx in _batches(len(ytr), bs, shuffle):
+            xb, yb = xtr[idx].to(device), ytr[idx].to(device)
+            last = rule.train_step(model, (xb, yb), optimizer, ctx) or {}
+            loss = last.get("loss")
+            if loss is not None and not math.isfinite(loss):
+                raise NonFiniteLoss(f"non-finite loss {loss} at epoch {epoch}, step {ctx.step}; run stopped")
+            if scheduler is not None and interval == "step":
+                scheduler.step()
+            ctx.step += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in last.items() if isinstance(v, float)}, refresh=False)
+        if scheduler is not None and interval == "epoch":
+            scheduler.step()
+        train_time += time.perf_counter() - t0
+        if ckpt is not None and epoch + 1 < epochs:
+            _save_checkpoint(ckpt, {"model": model.state_dict(), "epoch": epoch + 1, "step": ctx.step,
+                                    "optimizer": optimizer.state_dict() if optimizer is not None else None,
+                                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                                    "generator": ctx.generator.get_state(), "shuffle": shuffle.get_state(),
+                                    "torch_rng": torch.get_rng_state(), "train_time": train_time})
+    if bar is not None:
+        bar.close()
+
+    # Evaluation: one pass at T_max, accuracy (and op counts) read at every T.
+    model.eval()
+    ctx.generator.manual_seed(cell.seed * 1_000_003 + 3)
+    T_max = max(timesteps) if timesteps else 1
+    correct = torch.zeros(len(rows_T))
+    eval_bs = max(bs, 256)
+    counter = rule.op_counter(model, T_max, min(eval_bs, len(yte)))
+    t0 = time.perf_counter()
+    with counter, torch.no_grad():
+        for i, idx in enumerate(_batches(len(yte), eval_bs, None)):
+            if i:
+                counter.next_batch(len(idx))
+            xb, yb = xte[idx].to(device), yte[idx].to(device)
+            logits = rule.evaluate(model, xb, timesteps, ctx)
+            correct += (logits.argmax(-1) == yb.unsqueeze(0)).float().sum(1).cpu()
+    eval_time = time.perf_counter() - t0
+    finished = datetime.now(timezone.utc).isoformat()
+    metrics = host.metrics() if host is not None else []
+    rows = []
+    for k, T in enumerate(rows_T):
+        ops = counter.at(T)
+        extra = {"layers": ops["layers"], "spike_rates": ops["spike_rates"], "eval_time_s": eval_time,
+                 "final_train": {k2: v for k2, v in last.items() if isinstance(v, (int, float))}}
+        for metric in metrics:
+            extra.update(metric(model, rule, ctx, {"T": T, "ops": ops}) or {})
+        rows.append({**base, "T": T, "accuracy": float(correct[k] / len(yte)), "synops": ops["synops"],
+                     "macs": ops["macs"], "energy_pj": ops["energy_pj"],
+                     "spikes_per_sample": ops["spikes_per_sample"], "train_time_s": train_time,
+                     "samples_per_s": (epochs - start_epoch) * len(ytr) / train_time if train_time > 0 else None,
+                     "peak_mem_mb": _peak_mem_mb(cell.device), "status": "ok", "error": None,
+                     "epochs": epochs, "n_train": len(ytr), "n_test": len(yte), "finished_at": finished,
+                     "extra": extra})
+    if ckpt is not None and ckpt.is_file():
+        ckpt.unlink()
+    return rows
+
+
+def run_matrix(cells: list[Cell], out_dir: Path, *, resume: bool = False, executor: str = "local",
+               jobs: int = 1, progress: bool = False, log=print) -> list[dict]:
+    """Run every cell and write its rows atomically as it finishes; returns all rows written."""
+    from suite.results import cell_done, write_cell
+
+    out_dir = Path(out_dir)
+    todo = [c for c in cells if not (resume and cell_done(out_dir, c.cell_id))]
+    if resume and len(todo) < len(cells):
+        log(f"resume: {len(cells) - len(todo)} of {len(cells)} cells already finished, skipping them")
+    ckpt_dir = out_dir / "checkpoints"
+    written = []
+
+    def done(cell, rows):
+        write_cell(out_dir, cell.cell_id, rows)
+        written.extend(rows)
+        st = rows[0]["status"] if rows else "?"
+        best = ", ".join(f"T={r['T']}: {r['accuracy']:.4f}" for r in rows if r.get("accuracy") is not None)
+        log(f"[{st}] {cell.rule} {cell.dataset} {cell.arch} seed={cell.seed}  {best or rows[0].get('error', '')}"
+            .splitlines()[0])
+
+    if executor == "local" or len(todo) <= 1:
+        from suite.host import create_host
+        host = create_host()
+        for cell in todo:
+            done(cell, run_cell(cell, host, progress=progress, checkpoint_dir=ckpt_dir))
+    elif executor == "processes":
+        import concurrent.futures as cf
+        import multiprocessing as mp
+
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
+                                    initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+            futures = {pool.submit(run_cell, cell, None, False, ckpt_dir): cell for cell in todo}
+            for fut in cf.as_completed(futures):
+                cell = futures[fut]
+                try:
+                    rows = fut.result()
+                except Exception as exc:  # the worker died (killed, out of memory)
+                    rows = [{"rule": cell.rule, "dataset": cell.dataset, "arch": cell.arch, "seed": cell.seed,
+                             "backend": cell.backend, "T": T, "cell_id": cell.cell_id, "status": "failed",
+                             "config_hash": cell.config_hash,
+                             "error": f"worker died: {type(exc).__name__}: {exc}"} for T in (cell.timesteps or [None])]
+                done(cell, rows)
+    else:
+        raise ValueError(f"unknown executor {executor!r}; valid: local, processes")
+    return written
+
+
+__all__ = ["Cell", "run_cell", "run_matrix", "environment", "seed_everything"]
