@@ -5,6 +5,7 @@ is summed over time into one image.
 """
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from suite.archs import build_sequential
@@ -37,7 +38,7 @@ class CNN(Rule):
 
     def forward(self, model, x, T, ctx):
         if x.dim() == len(ctx.input_shape) + 2:  # event frames [B, T, C, H, W]: sum over time
-            x = x.sum(1)
+            x = x.sum(1, dtype=torch.float32)
         return model(x).unsqueeze(0)
 
 

@@ -55,7 +55,7 @@ def _table(df: pd.DataFrame, cols: list[str], fmt: dict | None = None) -> str:
         cells = []
         for c in cols:
             v = row[c]
-            if v is None or (isinstance(v, float) and math.isnan(v)):
+            if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
                 s = ""
             elif c in fmt:
                 s = fmt[c](v)

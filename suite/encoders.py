@@ -58,7 +58,7 @@ class Frames:
     def __call__(self, x: torch.Tensor, T: int, generator: torch.Generator | None = None) -> torch.Tensor:
         if x.shape[1] < T:
             raise ValueError(f"event input has {x.shape[1]} frames but T={T} was requested")
-        return x[:, :T].transpose(0, 1)
+        return x[:, :T].transpose(0, 1).to(torch.float32)
 
 
 ENCODERS = {"poisson": PoissonRate, "direct": Direct, "ttfs": TimeToFirstSpike, "events": Frames}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import fnmatch
 import importlib
 import importlib.metadata as md
-import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,7 +156,6 @@ def create_host(extra_plugins: list[tuple[str, object]] | None = None) -> Host:
             plugin = load()
         except Exception as exc:
             info.error = f"import failed: {type(exc).__name__}: {exc}"
-            info.traceback = traceback.format_exc()
             continue
         api = getattr(plugin, "SNN_SUITE_API", API_VERSION)
         if api != API_VERSION:

@@ -4,8 +4,9 @@ Forward hooks on every ``nn.Linear`` / ``nn.Conv2d`` see the layer's input. Inpu
 time-major, either merged (``[T*B, ...]``, as :class:`suite.archs.TimeDistributed` does) or one
 step per call (``[B, ...]``). Per step and layer we count
 
-* **SynOps (ACs)** when the input is event-like (every value in {0, 1, -1}):
-  one accumulate per non-zero input per connection it drives, i.e. nnz x fan-out; for a conv,
+* **SynOps (ACs)** when the input is event-like (integer-valued: spikes, signed spikes or
+  event counts): one accumulate per input event per connection it drives, i.e. nnz x fan-out
+  for binary spikes (NeuroBench's definition) and count x fan-out for event frames; for a conv,
   the exact count is ``conv2d(input != 0, ones_like(weight))`` summed, which handles padding,
   stride and borders;
 * **MACs** otherwise (analog input: the first layer of a direct-coded SNN, every ANN layer):
@@ -27,7 +28,8 @@ ENERGY_45NM = {"mac": 4.6, "ac": 0.9}
 
 
 def _is_event(x: torch.Tensor) -> bool:
-    return bool(((x == 0) | (x == 1) | (x == -1)).all())
+    """Spikes, signed spikes or event counts (integer-valued input); anything else is analog."""
+    return bool((x == torch.round(x)).all())
 
 
 def _dense_ops(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -41,8 +43,9 @@ def _dense_ops(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def _event_ops(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Exact accumulate count per sample: every non-zero input x the outputs it reaches."""
-    nz = (x != 0).to(torch.float32)
+    """Exact accumulate count per sample: every input event (|count| of them at an input)
+    x the outputs it reaches. For binary spikes this is nnz x fan-out."""
+    nz = x.abs().to(torch.float32)
     if isinstance(layer, nn.Linear):
         return nz.flatten(1).sum(1) * layer.out_features
     ones = torch.ones_like(layer.weight, dtype=torch.float32)

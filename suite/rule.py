@@ -49,6 +49,7 @@ class Context:
     step: int = 0
     steps_per_epoch: int = 1
     device: str = "cpu"
+    data_kind: str = "static"          # "events": inputs are frames [B, T, C, H, W]
 
 
 class Rule(abc.ABC):
@@ -119,6 +120,8 @@ class Rule(abc.ABC):
     # ------------------------------------------------------------------ running
     def encode(self, x: torch.Tensor, T: int, ctx: Context) -> torch.Tensor:
         """Raw batch -> input per step ``[T, B, ...]`` with the rule's encoder."""
+        if ctx.data_kind == "events":  # event data arrive as frames: no further encoding
+            return create_encoder("events")(x, T, ctx.generator)
         enc = create_encoder(ctx.hp.get("encoding", self.encoding), **ctx.hp.get("encoder_args", {}))
         return enc(x, T, ctx.generator)
 

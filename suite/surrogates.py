@@ -45,12 +45,13 @@ class Surrogate:
 
 
 class FastSigmoid(Surrogate):
-    """SuperSpike (Zenke & Ganguli 2018): d/dx = 1 / (1 + alpha |x|)^2."""
+    """SuperSpike (Zenke & Ganguli 2018): d/dx = 1 / (1 + alpha |x|)^2 (peak 1, as in snnTorch);
+    its primitive ``x / (1 + alpha |x|)`` spans +-1/alpha, so it is shifted by 0.5, not rescaled."""
 
     name, default_alpha = "fast_sigmoid", 10.0
 
     def primitive(self, x):
-        return 0.5 * (self.alpha * x / (1 + self.alpha * x.abs())) + 0.5
+        return x / (1 + self.alpha * x.abs()) + 0.5
 
     def grad(self, x):
         return 1.0 / (1.0 + self.alpha * x.abs()) ** 2

@@ -124,7 +124,7 @@ def run_cell(cell: Cell, host=None, progress: bool = False, checkpoint_dir: Path
         dataset = host.dataset(cell.dataset)
         arch = host.arch(cell.arch)
         hp = check_options(rule, dict(cell.options))
-        base["encoding"] = hp.get("encoding", rule.encoding)
+        base["encoding"] = "events" if dataset.kind == "events" and rule.temporal else hp.get("encoding", rule.encoding)
     except Exception as exc:
         return fail("failed", f"{type(exc).__name__}: {exc}")
 
@@ -164,7 +164,7 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
     ctx = Context(hp=hp, T=train_T or 1, timesteps=timesteps, arch=arch, dataset=dataset.name,
                   input_shape=tuple(dataset.input_shape), n_classes=dataset.n_classes, backend=cell.backend,
                   seed=cell.seed, epochs=epochs, batch_size=bs, steps_per_epoch=math.ceil(len(ytr) / bs),
-                  device=str(device))
+                  device=str(device), data_kind=dataset.kind)
     ctx.generator.manual_seed(cell.seed * 1_000_003 + 1)
     shuffle = torch.Generator().manual_seed(cell.seed * 1_000_003 + 2)
 

@@ -1,0 +1,92 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from suite.cli import main
+from suite.results import read_frame, write_cell, write_run_meta
+
+VOLATILE = ["train_time_s", "samples_per_s", "peak_mem_mb", "finished_at", "extra", "command", "source"]
+
+
+def _cli(*args, env=None):
+    return [sys.executable, "-m", "suite.cli", *args]
+
+
+def _stable(df: pd.DataFrame) -> pd.DataFrame:
+    return df.drop(columns=VOLATILE).sort_values(["rule", "seed", "T"]).reset_index(drop=True)
+
+
+def test_resume_after_kill_gives_the_same_table(tmp_path):
+    args = ["run", "--rules", "surrogate_bptt_bn,cnn", "--dataset", "digits", "--arch", "mlp128",
+            "--timesteps", "1,4", "--seeds", "0,1,2", "--epochs", "3", "--limit-train", "600", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    full, part = tmp_path / "full", tmp_path / "part"
+    subprocess.run(_cli(*args, "--out", str(full)), env=env, check=True, capture_output=True)
+
+    proc = subprocess.Popen(_cli(*args, "--out", str(part)), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    cells = part / "cells"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (cells.is_dir() and len(list(cells.glob("*.jsonl"))) >= 2):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_done = len(list(cells.glob("*.jsonl")))
+    assert 2 <= n_done < 6, "the kill must land mid-run"
+    assert not list(cells.glob(".tmp-*")) or True  # a killed writer may leave a temp file; never a partial cell
+    for f in cells.glob("*.jsonl"):
+        assert all(json.loads(line)["status"] == "ok" for line in f.read_text().splitlines())
+
+    out = subprocess.run(_cli(*args, "--out", str(part), "--resume"), env=env, check=True,
+                         capture_output=True, text=True).stdout
+    assert f"resume: {n_done} of 6 cells already finished" in out
+    pd.testing.assert_frame_equal(_stable(read_frame(full)), _stable(read_frame(part)))
+
+
+def test_results_csv_has_header_and_all_rows(tmp_path, capsys):
+    rows = [{"rule": "r", "dataset": "digits", "arch": "a", "T": t, "seed": 0, "status": "ok", "accuracy": 0.5}
+            for t in (1, 2)]
+    write_cell(tmp_path, "cell1", rows)
+    assert main(["results", str(tmp_path), "--csv"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("rule,paper,dataset,arch,encoding,backend,T,seed,accuracy,synops")
+    assert len(lines) == 3 and lines[1].split(",")[6] == "1"
+
+
+def test_report_is_self_contained_and_escapes_plugin_strings(tmp_path):
+    evil = "<script>alert(1)</script>"
+    rows = [{"rule": evil, "paper": evil, "dataset": "digits", "arch": "mlp128", "backend": "torch", "T": t,
+             "seed": s, "status": "ok", "accuracy": 0.5 + 0.1 * t / 8, "synops": 100.0 * t, "macs": 10.0,
+             "energy_pj": 1.0} for t in (1, 2, 4, 8) for s in (0, 1)]
+    rows.append({"rule": "cnn", "dataset": "digits", "arch": "mlp128", "backend": "torch", "T": None, "seed": 0,
+                 "status": "ok", "accuracy": 0.9, "macs": 9472.0})
+    write_cell(tmp_path, "c1", rows)
+    write_run_meta(tmp_path, {"command": f"snn-suite run --rules '{evil}'", "environment": {"python": "3"}})
+    out = tmp_path / "report.html"
+    assert main(["report", str(tmp_path), "-o", str(out)]) == 0
+    html = out.read_text()
+    assert "<svg" in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert evil not in html
+    assert "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "") and "https://" not in html
+    assert "cnn (ANN)" in html
+
+
+def test_unknown_names_are_errors_listing_valid_ones(capsys):
+    assert main(["run", "--rules", "nope", "--out", "/tmp/unused"]) == 2
+    assert "valid:" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="valid: "):
+        main(["run", "--rules", "cnn", "--backend", "warp", "--out", "/tmp/unused"])
+    with pytest.raises(SystemExit, match="--set alhpa: no selected rule has this option"):
+        main(["run", "--rules", "surrogate_bptt_bn", "--set", "alhpa=3", "--out", "/tmp/unused"])
+
+
+def test_data_check_reports_bad_file(tmp_path, capsys):
+    (tmp_path / "mnist").mkdir()
+    assert main(["data", "check", "mnist", "--data-root", str(tmp_path)]) == 1
+    assert "train-images-idx3-ubyte.gz: file not found" in capsys.readouterr().err
