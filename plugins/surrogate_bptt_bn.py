@@ -17,6 +17,11 @@ Mechanism (as the abstract and its citing work describe it; the full text was no
 
 Choices where the paper gives no number (documented, overridable): beta = 0.9, AdamW with
 lr 1e-3 and weight decay 1e-4, one-cycle schedule, batch 64.
+
+Measured here (tests/test_surrogate_bptt_bn.py, 6 hidden layers of 128, T = 10, digits):
+first/last layer gradient-norm ratio ~5e18 at alpha = 0.05 (explodes), ~12 at alpha = 1,
+~4e-3 at alpha = 10 and ~3e-5 at alpha = 50 (vanishes). alpha = 10 trains the shallow
+paper-scale MLPs well; for deep networks set ``--set alpha=1``.
 """
 from __future__ import annotations
 

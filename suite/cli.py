@@ -72,7 +72,8 @@ def cmd_run(args, host) -> int:
     out = Path(args.out)
     write_run_meta(out, {"command": command, "environment": environment(), "cells": len(cells)})
     rows = run_matrix(cells, out, resume=args.resume, executor=args.executor, jobs=args.jobs,
-                      progress=not args.quiet and sys.stderr.isatty())
+                      progress=not args.quiet and sys.stderr.isatty(), max_retries=args.max_retries,
+                      ray_address=args.ray_address)
     print(f"wrote {len(rows)} rows to {out}")
     if args.report:
         from suite.reports.html import write_report
@@ -120,7 +121,7 @@ def cmd_results(args, host) -> int:
 def cmd_report(args, host) -> int:
     from suite.reports.html import write_report
 
-    write_report([Path(d) for d in args.dirs], Path(args.output))
+    write_report([Path(d) for d in args.dirs], Path(args.output), energy=args.energy)
     print(f"wrote {args.output}")
     return 0
 
@@ -165,8 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="results")
     r.add_argument("--data-root", help="dataset root (default $SNN_SUITE_DATA or ~/.cache/snn-suite/data)")
     r.add_argument("--resume", action="store_true", help="skip cells already finished in --out")
-    r.add_argument("--executor", default="local", choices=["local", "processes"])
-    r.add_argument("--jobs", type=int, default=2)
+    r.add_argument("--executor", default="local", choices=["local", "processes", "ray"],
+                   help="where cells run: this process, --jobs local processes, or Ray tasks")
+    r.add_argument("--jobs", type=int, default=2, help="processes (or CPUs of a Ray started here)")
+    r.add_argument("--ray-address", metavar="ADDR",
+                   help="existing Ray cluster (auto, HOST:PORT or ray://HOST:10001); default: $RAY_ADDRESS, "
+                        "else a local Ray with --jobs CPUs")
+    r.add_argument("--max-retries", type=int, default=2,
+                   help="re-runs of a cell whose worker process died (processes, ray)")
     r.add_argument("--device", default="cpu")
     r.add_argument("--limit-train", type=int)
     r.add_argument("--limit-test", type=int)
@@ -187,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="write the self-contained HTML comparison report")
     rp.add_argument("dirs", nargs="+")
     rp.add_argument("-o", "--output", default="report.html")
+    rp.add_argument("--energy", metavar="MODEL",
+                    help="recompute energy with another model: 45nm_fp32 (default of the runs), 45nm_fp16, "
+                         "45nm_int32, 45nm_int8 or mac=<pJ>,ac=<pJ>[,neuron=<pJ>]")
     rp.set_defaults(func=cmd_report)
 
     d = sub.add_parser("data", help="check or download datasets")

@@ -62,6 +62,32 @@ def lif_step(v, x, *, tau=2.0, v_threshold=1.0, v_reset=0.0, surrogate, decay_in
     return s, reset(h, s, v_threshold, v_reset, detach_reset)
 
 
+def srm_step(u, i, *, tau_m=5.0, v_threshold=1.0):
+    """Current-driven LIF / SRM step as in TSSL-BP: ``h = (1 - 1/tau_m) u + i``, ``s = 1[h > theta]``
+    (strict, no surrogate: the rule supplies the gradient), hard reset ``u = h (1 - s)``.
+    Returns ``(s, h, u)``: the pre-reset membrane ``h`` is what spike-timing gradients need."""
+    h = torch.add(i, u, alpha=1.0 - 1.0 / tau_m)
+    fired = h > v_threshold
+    return fired.to(h.dtype), h, h.masked_fill(fired, 0.0)
+
+
+def psp_kernel(T: int, tau_s: float, *, dtype=torch.float32, device=None) -> torch.Tensor:
+    """First-order synaptic kernel ``kappa[k] = (1/tau_s) (1 - 1/tau_s)^k`` for ``k = 0..T-1``."""
+    k = torch.arange(T, dtype=torch.float64, device=device)
+    return ((1.0 - 1.0 / tau_s) ** k / tau_s).to(dtype)
+
+
+def psp(x: torch.Tensor, tau_s: float) -> torch.Tensor:
+    """Post-synaptic potential of ``x`` ``[T, ...]`` along t: ``a[t] = (1 - 1/tau_s) a[t-1] + x[t] / tau_s``
+    from ``a[-1] = 0``, i.e. ``a = kappa * x`` (causal). Linear in x, so ``W (kappa * o) = kappa * (W o)``:
+    a layer may apply its weights to spikes and filter afterwards."""
+    T = x.shape[0]
+    k = psp_kernel(T, tau_s, dtype=x.dtype, device=x.device)
+    lag = torch.arange(T, device=x.device)[:, None] - torch.arange(T, device=x.device)[None, :]
+    K = torch.where(lag >= 0, k[lag.clamp(min=0)], torch.zeros((), dtype=x.dtype, device=x.device))
+    return (K @ x.reshape(T, -1)).reshape(x.shape)
+
+
 class SpikingNeuron(nn.Module):
     """Base of every spiking layer. The host's spike recorder hooks modules with
     ``records_spikes = True`` and reads their output ``[T, B, ...]`` as spikes."""

@@ -78,6 +78,12 @@ class Rule(abc.ABC):
         """Neuron backends this rule can use (see ``suite.kernels``)."""
         return ("torch",)
 
+    def resources(self, cell) -> dict[str, Any]:
+        """What one cell needs from a Ray cluster (``--executor ray``), as ``ray.remote`` options:
+        ``num_cpus``, ``num_gpus`` (fractions share a device), ``memory`` (bytes), ``resources``.
+        Default: :func:`default_resources`; override for a large model or data pipeline."""
+        return default_resources(cell)
+
     # ------------------------------------------------------------------ model
     @abc.abstractmethod
     def build(self, arch: "ArchSpec", input_shape: tuple[int, ...], n_classes: int,
@@ -178,6 +184,11 @@ class Rule(abc.ABC):
     def describe(self) -> dict[str, str]:
         return {"name": self.name, "paper": self.paper, "neuron": self.neuron,
                 "encoding": self.encoding, "version": self.version}
+
+
+def default_resources(cell) -> dict[str, Any]:
+    """One CPU per cell, plus one GPU when the cell runs on CUDA."""
+    return {"num_cpus": 1, "num_gpus": 1 if str(cell.device).startswith("cuda") else 0}
 
 
 def check_options(rule: Rule, options: dict[str, Any]) -> dict[str, Any]:

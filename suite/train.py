@@ -137,9 +137,13 @@ def run_cell(cell: Cell, host=None, progress: bool = False, checkpoint_dir: Path
         timesteps, train_T = (), None
     rows_T = list(timesteps) or [None]
     base["train_T"] = train_T
-    if not rule.supports(arch, dataset.name) or cell.backend not in rule.backends():
-        what = (f"backend {cell.backend!r} (supported: {', '.join(rule.backends())})"
-                if cell.backend not in rule.backends() else f"architecture {arch.name!r} on {dataset.name!r}")
+    # "auto" becomes the best backend the rule supports on this device (fused on CPU, triton on
+    # CUDA); the row records the resolved name, the cell id keeps "auto".
+    from suite.kernels import resolve_backend
+    backend = base["backend"] = resolve_backend(cell.backend, rule.backends(), cell.device)
+    if not rule.supports(arch, dataset.name) or backend not in rule.backends():
+        what = (f"backend {backend!r} (supported: {', '.join(rule.backends())})"
+                if backend not in rule.backends() else f"architecture {arch.name!r} on {dataset.name!r}")
         return fail("skipped", f"rule {rule.name!r} does not support {what}", rows_T)
 
     try:
@@ -162,13 +166,13 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
     epochs = int(cell.epochs if cell.epochs is not None else hp.get("epochs", 1))
     bs = int(cell.batch_size or hp.get("batch_size", 64))
     ctx = Context(hp=hp, T=train_T or 1, timesteps=timesteps, arch=arch, dataset=dataset.name,
-                  input_shape=tuple(dataset.input_shape), n_classes=dataset.n_classes, backend=cell.backend,
+                  input_shape=tuple(dataset.input_shape), n_classes=dataset.n_classes, backend=base["backend"],
                   seed=cell.seed, epochs=epochs, batch_size=bs, steps_per_epoch=math.ceil(len(ytr) / bs),
                   device=str(device), data_kind=dataset.kind)
     ctx.generator.manual_seed(cell.seed * 1_000_003 + 1)
     shuffle = torch.Generator().manual_seed(cell.seed * 1_000_003 + 2)
 
-    model = rule.build(arch, tuple(dataset.input_shape), dataset.n_classes, cell.backend, hp).to(device)
+    model = rule.build(arch, tuple(dataset.input_shape), dataset.n_classes, base["backend"], hp).to(device)
     optimizer, scheduler, interval = rule.configure_optimizer(model, ctx)
     start_epoch, train_time, last = 0, 0.0, {}
     if ckpt is not None and ckpt.is_file():
@@ -238,13 +242,15 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
     for k, T in enumerate(rows_T):
         ops = counter.at(T)
         extra = {"layers": ops["layers"], "spike_rates": ops["spike_rates"], "eval_time_s": eval_time,
+                 # further op-count keys (activations, neuron_updates, macs_effective, energy_model, ...)
+                 **{k2: v for k2, v in ops.items() if k2 not in ("synops", "macs", "energy_pj", "spikes_per_sample")},
                  "final_train": {k2: v for k2, v in last.items() if isinstance(v, (int, float))}}
         for metric in metrics:
             extra.update(metric(model, rule, ctx, {"T": T, "ops": ops}) or {})
         rows.append({**base, "T": T, "accuracy": float(correct[k] / len(yte)), "synops": ops["synops"],
                      "macs": ops["macs"], "energy_pj": ops["energy_pj"],
                      "spikes_per_sample": ops["spikes_per_sample"], "train_time_s": train_time,
-                     "samples_per_s": (epochs - start_epoch) * len(ytr) / train_time if train_time > 0 else None,
+                     "samples_per_s": epochs * len(ytr) / train_time if train_time > 0 else None,  # train_time spans resumed chunks
                      "peak_mem_mb": _peak_mem_mb(cell.device), "status": "ok", "error": None,
                      "epochs": epochs, "n_train": len(ytr), "n_test": len(yte), "finished_at": finished,
                      "extra": extra})
@@ -253,52 +259,15 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
     return rows
 
 
-def run_matrix(cells: list[Cell], out_dir: Path, *, resume: bool = False, executor: str = "local",
-               jobs: int = 1, progress: bool = False, log=print) -> list[dict]:
-    """Run every cell and write its rows atomically as it finishes; returns all rows written."""
-    from suite.results import cell_done, write_cell
+def run_matrix(cells: list[Cell], out_dir: Path, **kwargs) -> list[dict]:
+    """Run every cell and write its rows atomically as it finishes; returns all rows written.
 
-    out_dir = Path(out_dir)
-    todo = [c for c in cells if not (resume and cell_done(out_dir, c.cell_id))]
-    if resume and len(todo) < len(cells):
-        log(f"resume: {len(cells) - len(todo)} of {len(cells)} cells already finished, skipping them")
-    ckpt_dir = out_dir / "checkpoints"
-    written = []
+    Keyword arguments (``resume``, ``executor`` = local / processes / ray, ``jobs``,
+    ``max_retries``, ``ray_address``, ...) are those of :func:`suite.executors.run_matrix`.
+    """
+    from suite.executors import run_matrix as _run_matrix
 
-    def done(cell, rows):
-        write_cell(out_dir, cell.cell_id, rows)
-        written.extend(rows)
-        st = rows[0]["status"] if rows else "?"
-        best = ", ".join(f"T={r['T']}: {r['accuracy']:.4f}" for r in rows if r.get("accuracy") is not None)
-        log(f"[{st}] {cell.rule} {cell.dataset} {cell.arch} seed={cell.seed}  {best or rows[0].get('error', '')}"
-            .splitlines()[0])
-
-    if executor == "local" or len(todo) <= 1:
-        from suite.host import create_host
-        host = create_host()
-        for cell in todo:
-            done(cell, run_cell(cell, host, progress=progress, checkpoint_dir=ckpt_dir))
-    elif executor == "processes":
-        import concurrent.futures as cf
-        import multiprocessing as mp
-
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
-                                    initializer=torch.set_num_threads, initargs=(threads,)) as pool:
-            futures = {pool.submit(run_cell, cell, None, False, ckpt_dir): cell for cell in todo}
-            for fut in cf.as_completed(futures):
-                cell = futures[fut]
-                try:
-                    rows = fut.result()
-                except Exception as exc:  # the worker died (killed, out of memory)
-                    rows = [{"rule": cell.rule, "dataset": cell.dataset, "arch": cell.arch, "seed": cell.seed,
-                             "backend": cell.backend, "T": T, "cell_id": cell.cell_id, "status": "failed",
-                             "config_hash": cell.config_hash,
-                             "error": f"worker died: {type(exc).__name__}: {exc}"} for T in (cell.timesteps or [None])]
-                done(cell, rows)
-    else:
-        raise ValueError(f"unknown executor {executor!r}; valid: local, processes")
-    return written
+    return _run_matrix(cells, out_dir, **kwargs)
 
 
 __all__ = ["Cell", "run_cell", "run_matrix", "environment", "seed_everything"]
