@@ -146,6 +146,8 @@ def snn_suite_metrics():
 def snn_suite_presets():
     onnx = {"onnx": True}
     return [
+        {"name": "cnn/digits", "rule": "cnn", "dataset": "digits", "arch": "mlp128", "epochs": 20,
+         "options": onnx, "note": "the ANN that ann2snn/digits converts (same seed, same training)"},
         {"name": "cnn/mnist-fc800", "rule": "cnn", "dataset": "mnist", "arch": "fc800", "epochs": 10,
          "options": onnx, "note": "the ANN that ann2snn/mnist-fc800 converts (same seed, same training)"},
         {"name": "cnn/mnist-convnet", "rule": "cnn", "dataset": "mnist", "arch": "convnet", "epochs": 10,

@@ -18,7 +18,9 @@ Model (window T, default 255):
   spike times, so a layer's firing times follow from the inputs sorted by time and a cumulative
   sum of the matching weight rows, read at the last input of each time step
   (:func:`spike_once_linear`). :func:`spike_once_linear_stepped` is the dense step-by-step
-  reference (tests check both agree). Convolutions run the same code on unfolded patches.
+  reference (tests check both agree). Convolutions run the same code on unfolded patches. On CPU
+  the simulation, the STDP sum and the error propagation run as single-threaded numba loops over
+  rows; on other devices as vectorised torch forms (a test checks both give the same update).
 * **Decoding** [code]: the output neuron that fires first wins.
 * **Loss** [code]: MSE on output times. With ``t_min`` the earliest output time (``T - delta`` if
   none fired), the target of the true class is ``t_min`` and of every other class
@@ -143,6 +145,13 @@ def time_targets(t_out: torch.Tensor, y: torch.Tensor, T: int, delta: float) -> 
 
 
 # ----------------------------------------------------------------------------- simulation
+def _use_numba(numba: bool | None, device: torch.device) -> bool:
+    """The numba loops run on CPU tensors (default there); the vectorised torch forms anywhere."""
+    if numba and device.type != "cpu":
+        raise ValueError(f"numba kernels need CPU tensors, got {device}")
+    return device.type == "cpu" if numba is None else bool(numba)
+
+
 def spike_once_linear(t_in: torch.Tensor, weight: torch.Tensor, theta: float, T: int, last: int,
                       numba: bool | None = None, chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor]:
     """Event-driven first-spike times of fire-once, non-leaky IF neurons.
@@ -156,7 +165,7 @@ def spike_once_linear(t_in: torch.Tensor, weight: torch.Tensor, theta: float, T:
     P, M = t_in.shape[0], weight.shape[0]
     t_out = torch.full((P, M), float(T), dtype=weight.dtype, device=weight.device)
     v_out = torch.zeros((P, M), dtype=weight.dtype, device=weight.device)
-    if numba if numba is not None else weight.device.type == "cpu":
+    if _use_numba(numba, weight.device):
         _fire_once_rows(_np(t_in, weight.dtype), _np(weight.t(), weight.dtype),
                         weight.new_tensor(theta).numpy()[()], T, last, t_out.numpy(), v_out.numpy())
         return t_out, v_out
@@ -199,6 +208,78 @@ def spike_once_linear_stepped(t_in: torch.Tensor, weight: torch.Tensor, theta: f
         t_out[spike] = float(t)
         fired |= spike
     return t_out, raster
+
+
+# ----------------------------------------------------------------------------- update
+def stdp_window(t_pre: torch.Tensor, t_post: torch.Tensor, T: int, A: float, B: float,
+                tau: float) -> torch.Tensor:
+    """``eps(t_pre - t_post)``: +A when the pre spike came at or before the post one (and the pre
+    neuron fired at all, t_pre < T), -B otherwise; times ``exp(-|dt| / tau)`` when tau > 0."""
+    causal = (t_pre <= t_post) & (t_pre < T)
+    eps = torch.where(causal, torch.full_like(t_post, A), torch.full_like(t_post, -B))
+    if tau > 0:
+        eps = eps * torch.exp(-(t_pre - t_post).abs() / tau)
+    return eps
+
+
+def stdp_weight_sum(t_in: torch.Tensor, t_out: torch.Tensor, err: torch.Tensor, T: int, A: float,
+                    B: float, tau: float, numba: bool | None = None, chunk: int = CHUNK) -> torch.Tensor:
+    """``S[i, j] = sum_p err[p, j] eps(t_in[p, i] - t_out[p, j])`` over pseudo-samples p (samples,
+    or samples x positions of a conv) -> ``[N, M]``.
+
+    eps depends on t_in only through its value in 0..T, so the table ``E[p, t, j] = err[p, j]
+    eps(t - t_out[p, j])`` is built once per row and read at ``t = t_in[p, i]``: O(P (T+1) M +
+    P N M) without a ``[P, M, N]`` tensor (numba loop :func:`_stdp_rows` on CPU, an embedding
+    bag otherwise).
+    """
+    P, N = t_in.shape
+    M = t_out.shape[1]
+    S = torch.zeros((N, M), dtype=err.dtype, device=err.device)
+    if _use_numba(numba, err.device):
+        one = err.new_tensor(1.0).numpy()[()]
+        _stdp_rows(_np(t_in, err.dtype), _np(t_out, err.dtype), _np(err, err.dtype), T, one * A, one * B,
+                   one * tau, S.numpy())
+        return S
+    tt = torch.arange(T + 1, dtype=err.dtype, device=err.device).view(1, T + 1, 1)
+    step = max(1, chunk // ((T + 1) * M))
+    for s in range(0, P, step):
+        to, e = t_out[s:s + step], err[s:s + step]
+        p = to.shape[0]
+        table = stdp_window(tt, to.unsqueeze(1), T, A, B, tau) * e.unsqueeze(1)     # [p, T+1, M]
+        idx = torch.arange(p, device=err.device).unsqueeze(1) * (T + 1) + t_in[s:s + step].clamp(max=T).long()
+        S += F.embedding_bag(idx.t().contiguous(), table.reshape(p * (T + 1), M), mode="sum")
+    return S
+
+
+def propagate_error(t_in: torch.Tensor, t_out: torch.Tensor, err: torch.Tensor, weight: torch.Tensor,
+                    T: int, numba: bool | None = None, chunk: int = CHUNK) -> torch.Tensor:
+    """``dL/dt_in[p, i] = sum_j err[p, j] w_ji 1[t_in <= t_out_j] 1[t_in < T]`` -> ``[P, N]``."""
+    P, N = t_in.shape
+    M = t_out.shape[1]
+    out = torch.zeros((P, N), dtype=err.dtype, device=err.device)
+    if _use_numba(numba, err.device):
+        _propagate_rows(_np(t_in, err.dtype), _np(t_out, err.dtype), _np(err, err.dtype),
+                        _np(weight, err.dtype), T, out.numpy())
+        return out
+    step = max(1, chunk // (M * N))
+    for s in range(0, P, step):
+        ti, to = t_in[s:s + step].unsqueeze(1), t_out[s:s + step].unsqueeze(2)
+        causal = ((ti <= to) & (ti < T)).to(err.dtype) * weight                       # [p, M, N]
+        out[s:s + step] = torch.bmm(err[s:s + step].unsqueeze(1), causal).squeeze(1)
+    return out
+
+
+def normalise(err: torch.Tensor) -> torch.Tensor:
+    """Per-sample L2 normalisation over every neuron of a layer (the code adds 1e-10)."""
+    norm = err.flatten(1).norm(dim=1) + 1e-10
+    return err / norm.view(-1, *([1] * (err.dim() - 1)))
+
+
+# ----------------------------------------------------------------------------- numba kernels (CPU)
+# The CPU path of the three dispatchers above (spike_once_linear, stdp_weight_sum,
+# propagate_error): one loop per row, no [P, K, M] / [P, T+1, M] / [P, M, N] intermediates.
+# Single-threaded (no prange): runs share the machine, and the suite parallelises over cells.
+
 
 @njit(cache=True, nogil=True)
 def _fire_once_rows(t_in, wt, theta, T, last, t_out, v_out):
@@ -281,71 +362,6 @@ def _propagate_rows(t_in, t_out, err, w, T, out):
 
 def _np(x: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
     return x.detach().to(dtype).contiguous().numpy()
-
-
-# ----------------------------------------------------------------------------- update
-def stdp_window(t_pre: torch.Tensor, t_post: torch.Tensor, T: int, A: float, B: float,
-                tau: float) -> torch.Tensor:
-    """``eps(t_pre - t_post)``: +A when the pre spike came at or before the post one (and the pre
-    neuron fired at all, t_pre < T), -B otherwise; times ``exp(-|dt| / tau)`` when tau > 0."""
-    causal = (t_pre <= t_post) & (t_pre < T)
-    eps = torch.where(causal, torch.full_like(t_post, A), torch.full_like(t_post, -B))
-    if tau > 0:
-        eps = eps * torch.exp(-(t_pre - t_post).abs() / tau)
-    return eps
-
-
-def stdp_weight_sum(t_in: torch.Tensor, t_out: torch.Tensor, err: torch.Tensor, T: int, A: float,
-                    B: float, tau: float, numba: bool | None = None, chunk: int = CHUNK) -> torch.Tensor:
-    """``S[i, j] = sum_p err[p, j] eps(t_in[p, i] - t_out[p, j])`` over pseudo-samples p (samples,
-    or samples x positions of a conv) -> ``[N, M]``.
-
-    eps depends on t_in only through its value in 0..T, so the table ``E[p, t, j] = err[p, j]
-    eps(t - t_out[p, j])`` is built once per row and read at ``t = t_in[p, i]``: O(P (T+1) M +
-    P N M) without a ``[P, M, N]`` tensor (numba loop :func:`_stdp_rows` on CPU, an embedding
-    bag otherwise).
-    """
-    P, N = t_in.shape
-    M = t_out.shape[1]
-    S = torch.zeros((N, M), dtype=err.dtype, device=err.device)
-    if numba if numba is not None else err.device.type == "cpu":
-        one = err.new_tensor(1.0).numpy()[()]
-        _stdp_rows(_np(t_in, err.dtype), _np(t_out, err.dtype), _np(err, err.dtype), T, one * A, one * B,
-                   one * tau, S.numpy())
-        return S
-    tt = torch.arange(T + 1, dtype=err.dtype, device=err.device).view(1, T + 1, 1)
-    step = max(1, chunk // ((T + 1) * M))
-    for s in range(0, P, step):
-        to, e = t_out[s:s + step], err[s:s + step]
-        p = to.shape[0]
-        table = stdp_window(tt, to.unsqueeze(1), T, A, B, tau) * e.unsqueeze(1)     # [p, T+1, M]
-        idx = torch.arange(p, device=err.device).unsqueeze(1) * (T + 1) + t_in[s:s + step].clamp(max=T).long()
-        S += F.embedding_bag(idx.t().contiguous(), table.reshape(p * (T + 1), M), mode="sum")
-    return S
-
-
-def propagate_error(t_in: torch.Tensor, t_out: torch.Tensor, err: torch.Tensor, weight: torch.Tensor,
-                    T: int, numba: bool | None = None, chunk: int = CHUNK) -> torch.Tensor:
-    """``dL/dt_in[p, i] = sum_j err[p, j] w_ji 1[t_in <= t_out_j] 1[t_in < T]`` -> ``[P, N]``."""
-    P, N = t_in.shape
-    M = t_out.shape[1]
-    out = torch.zeros((P, N), dtype=err.dtype, device=err.device)
-    if numba if numba is not None else err.device.type == "cpu":
-        _propagate_rows(_np(t_in, err.dtype), _np(t_out, err.dtype), _np(err, err.dtype),
-                        _np(weight, err.dtype), T, out.numpy())
-        return out
-    step = max(1, chunk // (M * N))
-    for s in range(0, P, step):
-        ti, to = t_in[s:s + step].unsqueeze(1), t_out[s:s + step].unsqueeze(2)
-        causal = ((ti <= to) & (ti < T)).to(err.dtype) * weight                       # [p, M, N]
-        out[s:s + step] = torch.bmm(err[s:s + step].unsqueeze(1), causal).squeeze(1)
-    return out
-
-
-def normalise(err: torch.Tensor) -> torch.Tensor:
-    """Per-sample L2 normalisation over every neuron of a layer (the code adds 1e-10)."""
-    norm = err.flatten(1).norm(dim=1) + 1e-10
-    return err / norm.view(-1, *([1] * (err.dim() - 1)))
 
 
 # ----------------------------------------------------------------------------- layers

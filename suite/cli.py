@@ -30,6 +30,22 @@ def _options(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _presets(host, text: str) -> list[dict]:
+    """Presets named in ``--preset``: comma-separated names or shell patterns (``'*/digits'``)."""
+    import fnmatch
+
+    out = []
+    for name in (n.strip() for n in text.split(",") if n.strip()):
+        if any(ch in name for ch in "*?["):
+            matched = sorted(n for n in host.presets if fnmatch.fnmatchcase(n, name))
+            if not matched:
+                raise SystemExit(f"error: --preset {name!r} matches no preset; valid: {', '.join(sorted(host.presets))}")
+            out.extend(host.preset(n) for n in matched)
+        else:
+            out.append(host.preset(name))
+    return out
+
+
 def cmd_run(args, host) -> int:
     from suite.train import Cell, run_matrix
     from suite.results import write_run_meta
@@ -39,8 +55,7 @@ def cmd_run(args, host) -> int:
     plans = []  # (rule, dataset, arch, timesteps, epochs, options, preset)
     options = _options(args.set)
     if args.preset:
-        for name in args.preset.split(","):
-            p = host.preset(name.strip())
+        for p in _presets(host, args.preset):
             plans.append((p["rule"], p["dataset"], p["arch"], tuple(p.get("timesteps") or ()) or None,
                           args.epochs if args.epochs is not None else p.get("epochs"),
                           args.batch_size or p.get("batch_size"), {**p.get("options", {}), **options}, p["name"]))
@@ -154,14 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="train and evaluate a matrix of rule x dataset x arch x seed cells")
     r.add_argument("--rules", help="comma-separated rule names or patterns, or 'all'")
-    r.add_argument("--preset", help="paper preset(s), e.g. surrogate_bptt_bn/mnist (see `snn-suite plugins`)")
+    r.add_argument("--preset", help="paper preset(s) or patterns, e.g. surrogate_bptt_bn/mnist or '*/digits' (see `snn-suite plugins`)")
     r.add_argument("--dataset", default="digits")
     r.add_argument("--arch", default="mlp128")
     r.add_argument("--timesteps", help="comma-separated T values evaluated from one pass (default: rule's T)")
     r.add_argument("--seeds", default="0")
     r.add_argument("--epochs", type=int)
     r.add_argument("--batch-size", type=int)
-    r.add_argument("--backend", default="torch", help="neuron backend(s), comma-separated")
+    r.add_argument("--backend", default="auto",
+                   help="neuron backend(s), comma-separated: auto (fastest the rule supports here: fused on "
+                        "CPU, triton on CUDA), torch, fused, triton")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a rule hyper-parameter")
     r.add_argument("--out", default="results")
     r.add_argument("--data-root", help="dataset root (default $SNN_SUITE_DATA or ~/.cache/snn-suite/data)")

@@ -34,8 +34,10 @@ def cell_path(out_dir: Path, cell_id: str) -> Path:
 def write_cell(out_dir: Path, cell_id: str, rows: list[dict]) -> Path:
     path = cell_path(out_dir, cell_id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".jsonl")
+    # The temp name must not end in .jsonl: readers glob cells/*.jsonl while a run writes.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600 files; result rows are meant to be shared
         with os.fdopen(fd, "w") as f:
             for row in rows:
                 f.write(json.dumps({**row, "schema_version": SCHEMA_VERSION}, sort_keys=True, default=str) + "\n")
@@ -61,7 +63,7 @@ def read_rows(*dirs) -> list[dict]:
     rows = []
     for d in dirs:
         d = Path(d)
-        files = sorted((d / "cells").glob("*.jsonl")) if (d / "cells").is_dir() else []
+        files = sorted(f for f in (d / "cells").glob("*.jsonl") if not f.name.startswith(".")) if (d / "cells").is_dir() else []
         if not files and not d.is_dir():
             raise FileNotFoundError(f"{d}: no such results directory")
         for f in files:

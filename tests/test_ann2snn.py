@@ -127,6 +127,17 @@ def test_timm_resnet_converts_with_residual_scaling(host):
     assert logit_err[-1] < 0.5 * logit_err[0], logit_err
 
 
+def test_if_neuron_resets_by_subtraction():
+    # constant current 5/8 for 7 steps, threshold 1 (exact binary fractions, no tie at threshold):
+    # subtraction keeps the overshoot, 4 spikes and 7 * 5/8 - 4 = 3/8 left in the membrane;
+    # reset to zero would fire only 3 times (every second step)
+    n = SteppedIF()
+    spikes = [int(n(torch.full((1,), 0.625))) for _ in range(7)]
+    assert spikes == [0, 1, 0, 1, 1, 0, 1] and float(n.v) == 0.375
+    n.reset_state()
+    assert int(n(torch.full((1,), 2.5))) == 1 and float(n.v) == 1.5  # at most one spike per step
+
+
 def test_calibration_buffer_keeps_the_last_inputs():
     m = ConvertibleANN(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), (1, 2, 2), 5, 99.9)
     assert len(m.calibration_data()) == 0

@@ -86,7 +86,7 @@ def test_missing_nmnist_explains(tmp_path):
         NMNIST().load("train", tmp_path)
 
 
-@pytest.mark.parametrize("rule", ["surrogate_bptt_bn", "cnn"])
+@pytest.mark.parametrize("rule", ["surrogate_bptt_bn", "tssl_bp", "cnn"])
 def test_rules_run_on_event_frames(tmp_path, host, rule):
     _make_subset(tmp_path)
     rows = run_cell(Cell(rule, "nmnist", "mlp128", epochs=1, timesteps=(2, 4) if rule != "cnn" else None,
@@ -100,3 +100,41 @@ def test_real_subset(shared_data, host):
     te = host.dataset("nmnist").load("test", shared_data)
     assert te.x.shape == (100, 30, 2, 34, 34)
     assert te.y[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]   # MNIST test order
+
+
+def test_denoise_drops_isolated_events():
+    ev = np.zeros(3, dtype=[("x", "<i8"), ("y", "<i8"), ("t", "<i8"), ("p", "<i8")])
+    # (6,5) follows its neighbour (5,5) within 5 ms; (20,20) has no neighbour; tonic's Denoise
+    # keeps only an event preceded by a neighbouring one, so one event survives
+    ev["x"], ev["y"], ev["p"], ev["t"] = [5, 6, 20], [5, 5, 20], [1, 1, 0], [20_000, 21_000, 22_000]
+    plain = EventsToFrames(n_frames=1, time_window_us=30_000)(ev)
+    assert plain.sum() == 3
+    den = EventsToFrames(n_frames=1, time_window_us=30_000, denoise_us=5_000)(ev)
+    assert den.sum() == 1 and den[0, 1, 5, 6] == 1        # [frame, polarity, y, x]
+
+
+def test_full_set_goes_through_tonic_nmnist(tmp_path, monkeypatch):
+    """With only ``<root>/nmnist/`` present, tonic's NMNIST class is used (never downloading here)."""
+    import tonic
+
+    calls = []
+
+    class FakeNMNIST:
+        def __init__(self, save_to, train):
+            calls.append((save_to, train))
+            self.n = 3 if train else 2
+
+        def __len__(self):
+            return self.n
+
+        def __getitem__(self, i):
+            ev = np.zeros(2, dtype=[("x", "<i8"), ("y", "<i8"), ("t", "<i8"), ("p", "<i8")])
+            ev["x"], ev["y"], ev["p"], ev["t"] = [i, i], [1, 2], [1, 0], [1_000, 25_000]
+            return ev, i
+
+    monkeypatch.setattr(tonic.datasets, "NMNIST", FakeNMNIST)
+    (tmp_path / "nmnist").mkdir()
+    tr = NMNIST(EventsToFrames(n_frames=3, time_window_us=10_000)).load("train", tmp_path)
+    assert calls == [(str(tmp_path / "nmnist"), True)]
+    assert tr.x.shape == (3, 3, 2, 34, 34) and tr.y.tolist() == [0, 1, 2]
+    assert tr.x[2, 0, 1, 1, 2] == 1 and tr.x[2, 2].sum() == 0   # event at t=1 ms in frame 0

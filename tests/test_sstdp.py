@@ -148,6 +148,31 @@ def test_event_driven_layer_equals_the_stepped_reference(numba):
         torch.testing.assert_close(v_ev, ref)
 
 
+def test_numba_dispatch_defaults_to_cpu_and_refuses_other_devices():
+    assert sst._use_numba(None, torch.device("cpu")) and not sst._use_numba(False, torch.device("cpu"))
+    assert not sst._use_numba(None, torch.device("meta"))
+    with pytest.raises(ValueError, match="CPU"):
+        sst._use_numba(True, torch.device("meta"))
+
+
+def test_train_step_is_the_same_with_the_numba_and_the_torch_kernels(host, monkeypatch):
+    """The torch forms (the non-CPU path) and the numba loops give the same spikes and update."""
+    rule = host.rule("sstdp")
+    hp = check_options(rule, {"init_range": "15,25", "B": 0.2})
+    arch = host.arch("mlp128")
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.rand(12, 1, 8, 8, generator=g), torch.arange(12) % 10
+    weights = []
+    for numba in (True, False):
+        monkeypatch.setattr(sst, "_use_numba", lambda flag, device, numba=numba: numba)
+        torch.manual_seed(0)
+        model = rule.build(arch, (1, 8, 8), 10, "torch", hp)
+        rule.train_step(model, (x, y), None, _ctx(rule, hp, arch, (1, 8, 8), 10))
+        weights.append([p.clone() for p in model.parameters()])
+    for a, b in zip(*weights):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+
+
 def test_a_neuron_never_fires_twice(host):
     """Weights +60, +60, -100, +90: v crosses theta=100 at the 2nd input, drops below and crosses
     again at the 4th; the neuron spikes once, at the first crossing, in both simulations."""
