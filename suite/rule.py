@@ -204,8 +204,20 @@ def check_options(rule: Rule, options: dict[str, Any]) -> dict[str, Any]:
             v = v.lower() in ("1", "true", "yes", "on")
         elif isinstance(d, (int, float)) and not isinstance(d, bool) and isinstance(v, str):
             v = type(d)(float(v)) if isinstance(d, int) and float(v).is_integer() else float(v)
+        elif isinstance(d, (tuple, list)) and isinstance(v, str):
+            v = _parse_sequence(rule.name, k, v)
         hp[k] = v
     return hp
+
+
+def _parse_sequence(rule: str, key: str, text: str) -> tuple:
+    """``"(0.1307,)"``, ``"0.1307"``, ``"1,2"`` or ``"()"`` -> a tuple of numbers (a --set value)."""
+    items = [t.strip() for t in text.strip().strip("()[]").split(",") if t.strip()]
+    try:
+        return tuple(int(t) if t.lstrip("+-").isdigit() else float(t) for t in items)
+    except ValueError:
+        raise ValueError(f"rule {rule!r} option {key!r}: expected comma-separated numbers such as "
+                         f"'(0.1307,)' or '1,2', got {text!r}") from None
 
 
 def finite(value: float) -> bool:

@@ -104,3 +104,15 @@ def test_option_validation(host):
     assert check_options(rule, {"alpha": "2.5"})["alpha"] == 2.5
     with pytest.raises(ValueError, match="valid options: .*alpha"):
         check_options(rule, {"alhpa": 1})
+
+
+def test_sequence_options_from_the_command_line(host):
+    """``--set input_mean=(0.1307,)`` arrives as a string and must become a tuple of numbers."""
+    from suite.rule import check_options
+
+    rule = host.rule("tssl_bp")
+    assert check_options(rule, {"input_mean": "(0.1307,)"})["input_mean"] == (0.1307,)
+    assert check_options(rule, {"input_std": "0.2,0.3"})["input_std"] == (0.2, 0.3)
+    assert check_options(rule, {"input_mean": "()"})["input_mean"] == ()
+    with pytest.raises(ValueError, match="input_mean.*comma-separated numbers"):
+        check_options(rule, {"input_mean": "mean"})

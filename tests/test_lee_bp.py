@@ -121,6 +121,38 @@ def test_gradient_matches_hand_computation(y):
         assert grads[L1.theta][0] == 0 and grads[L1.weight][0].abs().max() == 0
 
 
+def test_minibatch_step_is_the_mean_of_per_sample_steps():
+    """Batch semantics: with normalisers computed per sample, the batch gradient is the mean of
+    the per-sample (online) gradients, and homeostasis uses the batch-mean firing pattern; at
+    batch size 1 both are the paper's online step."""
+    g = torch.Generator().manual_seed(1)
+    s = (torch.rand(4, 3, 3, generator=g) < 0.5).float()              # [T, B=3, 3] input events
+    s[:, 1] = _input()[:, 0]
+    y = torch.tensor([0, 1, 1])
+    net = _tiny()
+    spikes, _ = net.run(s)
+    grads, loss = lb.paper_gradients(net, spikes, y, _hp())
+    per = []
+    for b in range(3):
+        sb, _ = net.run(s[:, b:b + 1])
+        per.append(lb.paper_gradients(net, sb, y[b:b + 1], _hp()))
+    for p in net.parameters():
+        assert torch.allclose(grads[p], sum(gb[p] for gb, _ in per) / 3, atol=1e-6)
+    assert torch.allclose(loss, torch.cat([lb_ for _, lb_ in per]))
+
+    rho = 0.01
+    a, b = _tiny(), _tiny()
+    lb.threshold_homeostasis(a, spikes, rho)
+    with torch.no_grad():
+        for layer, sl in zip(b.layers, spikes[1:]):
+            N = sl.shape[-1]
+            step = sum(rho * (N * (sl[:, k].sum(0) > 0).float() - (sl[:, k].sum(0) > 0).float().sum())
+                       for k in range(3)) / 3
+            layer.theta.add_(step)
+    for la, lb_ in zip(a.layers, b.layers):
+        assert torch.allclose(la.theta, lb_.theta)
+
+
 def _surrogate_gradients(w1):
     """surrogate_bptt_bn on the same input and weights (no BN, zero biases, same leak)."""
     from suite.host import create_host
@@ -238,13 +270,13 @@ def test_event_op_counter_counts_input_events_times_fan_out():
 def test_rule_is_registered_with_its_citation(host):
     rule = host.rules["lee_bp"]
     assert "Lee, Delbruck, Pfeiffer (2016)" in rule.paper and "10.3389/fnins.2016.00508" in rule.paper
-    assert {"lee_bp/mnist", "lee_bp/mnist-cpu", "lee_bp/digits"} <= set(host.presets)
+    assert {"lee_bp/mnist", "lee_bp/mnist-cpu", "lee_bp/nmnist", "lee_bp/digits"} <= set(host.presets)
     assert rule.supports(host.arch("fc800"), "mnist") and not rule.supports(host.arch("lenet5"), "mnist")
 
 
 def test_digits_preset_trains(host):
     p = host.preset("lee_bp/digits")
-    cell = Cell(rule="lee_bp", dataset="digits", arch=p["arch"], seed=0, timesteps=tuple(p["timesteps"]),
+    cell = Cell(rule="lee_bp", dataset="digits", arch=p["arch"], seed=0, timesteps=(p["options"]["T"],),
                 epochs=p["epochs"], batch_size=p["batch_size"], options=tuple(sorted(p["options"].items())),
                 backend="fused", preset=p["name"])
     rows = run_cell(cell, host=host)
@@ -253,3 +285,14 @@ def test_digits_preset_trains(host):
     train_T = p["options"]["T"]
     assert by_T[train_T]["accuracy"] >= 0.85
     assert by_T[train_T]["synops"] > 0 and by_T[train_T]["macs"] == 0
+
+
+def test_nmnist_preset_runs_on_event_frames(host, shared_data):
+    """The N-MNIST preset trains a step and evaluates on real event frames (tiny subset)."""
+    p = host.preset("lee_bp/nmnist")
+    cell = Cell(rule="lee_bp", dataset="nmnist", arch=p["arch"], seed=0, timesteps=tuple(p["timesteps"]),
+                epochs=1, batch_size=8, options=tuple(sorted(p["options"].items())), backend="fused",
+                data_root=str(shared_data), limit_train=16, limit_test=8, preset=p["name"])
+    rows = run_cell(cell, host=host)
+    assert all(r["status"] == "ok" for r in rows), rows[0].get("error")
+    assert [r["T"] for r in rows] == [10, 20, 30] and rows[-1]["synops"] > 0 and rows[-1]["macs"] == 0
