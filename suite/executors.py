@@ -95,14 +95,19 @@ def torch_threads(n: int | None):
 
 
 # ---------------------------------------------------------------------- driver side
+def _local_rule(cell: Cell, host=None):
+    """The cell's rule if this process can load it, else None (the plugin lives on the cluster only)."""
+    if host is None:
+        return None
+    try:
+        return host.rule(cell.rule)
+    except ValueError:
+        return None
+
+
 def failure_rows(cell: Cell, error: str, host=None) -> list[dict]:
     """Rows of status ``failed`` for a cell that returned nothing (its worker died)."""
-    rule = None
-    if host is not None:
-        try:
-            rule = host.rule(cell.rule)
-        except ValueError:  # the plugin lives on the cluster only
-            rule = None
+    rule = _local_rule(cell, host)
     if rule is not None and not rule.temporal:
         rows_T: list = [None]
     elif cell.timesteps:
@@ -124,12 +129,7 @@ def cell_resources(cell: Cell, host=None) -> dict:
     """Ray options for one cell: the rule's :meth:`~suite.rule.Rule.resources`, else the default."""
     from suite.rule import default_resources
 
-    rule = None
-    if host is not None:
-        try:
-            rule = host.rule(cell.rule)
-        except ValueError:  # the plugin lives on the cluster only
-            rule = None
+    rule = _local_rule(cell, host)
     res = dict(rule.resources(cell) if rule is not None else default_resources(cell))
     unknown = sorted(set(res) - set(RESOURCE_KEYS))
     if unknown:
