@@ -318,9 +318,7 @@ class SpikeCountOpCounter(OpCounter):
                 ones = torch.ones_like(mod.weight, dtype=torch.float32)
                 per_sample = F.conv2d(x.float(), ones, None, mod.stride, mod.padding, mod.dilation,
                                       mod.groups).flatten(1).sum(1)
-            per_step = per_sample.reshape(steps, -1).sum(1)
-            bucket = self.layers[name].synops if event else self.layers[name].macs
-            bucket[where] += per_step if steps > 1 else per_step[0]
+            self._add(self.layers[name].synops if event else self.layers[name].macs, where, steps, per_sample)
         return hook
 
 

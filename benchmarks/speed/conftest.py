@@ -101,6 +101,7 @@ def pytest_sessionfinish(session, exitstatus):
                        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                        "loadavg_at_end": os.getloadavg()},
            "threads": META.get("threads"), "device": META.get("device"), "peers": META["peers"],
+           "SJ_LIF_CUDA_IMPLEMENTATION": os.environ.get("SJ_LIF_CUDA_IMPLEMENTATION", "auto"),
            "repeats": cfg.getoption("--speed-repeats"),
            "step": "forward over T + cross-entropy on the time-mean output + backward + SGD(momentum) step",
            "statistic": "median over all timed rounds of all repeats; peak_mem_mb: peak bytes allocated "

@@ -11,6 +11,7 @@ shapes. Summary: ``DIR/kernel-<device>-<threads>t[-TAG].json`` (``--speed-*`` op
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -56,7 +57,8 @@ def kernel_summary(request):
     doc = {"device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
            "threads": torch.get_num_threads(), "dtype": "float32", "surrogate": "sigmoid",
            "bytes_counted": "LIF 24 B/element (fwd x->s,h; bwd ds,h->dx); copy 8 B/element",
-           "spikingjelly": peer_version("spikingjelly"), "cases": rows}
+           "spikingjelly": peer_version("spikingjelly"),
+           "SJ_LIF_CUDA_IMPLEMENTATION": os.environ.get("SJ_LIF_CUDA_IMPLEMENTATION", "auto"), "cases": rows}
     (out / f"kernel-{device.split(':')[0]}-{torch.get_num_threads()}t{'-' + tag if tag else ''}.json").write_text(
         json.dumps(doc, indent=1))
 

@@ -159,7 +159,9 @@ def _psp_kernel(x_ptr, out_ptr, T, N, decay, gain, REVERSE: tl.constexpr, BLOCK:
 def _kernels(interpret: bool):
     """``triton.jit`` the kernels for the current mode (``TRITON_INTERPRET`` is read at jit time)."""
     del interpret  # the cache key: re-jit when the mode changes
-    return {name: triton.jit(fn) for name, fn in (("forward", _lif_forward_kernel),
+    # T and N stay runtime ints: Triton would otherwise turn a value of 1 into a Python constant
+    # (no ``.to``), and a recompile per distinct T or N is wasted work anyway
+    return {name: triton.jit(fn, do_not_specialize=["T", "N"]) for name, fn in (("forward", _lif_forward_kernel),
                                                   ("backward", _lif_backward_kernel),
                                                   ("psp", _psp_kernel))}
 
