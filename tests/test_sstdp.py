@@ -270,9 +270,9 @@ def test_targets_follow_the_paper():
     assert target.tolist() == [[15.0, 15.0, 10.0, 255.0], [255.0, 250.0, 255.0, 255.0]]
 
 
-def test_dead_hidden_neurons_are_reinitialised_after_an_epoch(host):
+def test_dead_hidden_neurons_are_reinitialised_after_an_epoch_when_asked(host):
     rule = host.rule("sstdp")
-    hp = check_options(rule, {"init_range": "15,25"})
+    hp = check_options(rule, {"init_range": "15,25", "reinit_below": 1e-3})
     arch = host.arch("mlp128")
     model = rule.build(arch, (1, 8, 8), 10, "torch", hp)
     hidden = model.layers[0]
@@ -288,6 +288,26 @@ def test_dead_hidden_neurons_are_reinitialised_after_an_epoch(host):
     assert ((hidden.weight[:5] >= 0) & (hidden.weight[:5] < 15)).all()
     assert hidden.fire_samples.item() == 0
     assert not torch.equal(out_before, model.layers[1].weight)
+
+
+def test_no_reinitialisation_by_default_as_in_the_official_code(host):
+    """The code's retrieve_dead_neurons assigns to ``weight[idx].data`` (a temporary view): a no-op."""
+    w = torch.nn.Parameter(torch.zeros(3, 4))
+    for idx in range(3):
+        w[idx].data = torch.ones(4)                                  # the official code's statement
+    assert (w == 0).all()
+    rule = host.rule("sstdp")
+    hp = check_options(rule, {"init_range": "15,25"})
+    assert hp["reinit_below"] == 0.0
+    arch = host.arch("mlp128")
+    model = rule.build(arch, (1, 8, 8), 10, "torch", hp)
+    hidden = model.layers[0]
+    hidden.weight[:5] = -1.0                                         # these can never fire
+    ctx = _ctx(rule, hp, arch, (1, 8, 8), 10, epochs=2, steps_per_epoch=1)
+    x, y = torch.rand(16, 1, 8, 8), torch.arange(16) % 10
+    stats = rule.train_step(model, (x, y), None, ctx)               # the epoch's last step
+    assert "reinit" not in stats
+    assert (hidden.weight[:5] < 0).all()
 
 
 def test_learning_rate_schedules():
