@@ -646,11 +646,11 @@ def snn_suite_presets():
          "timesteps": [10, 25, 50, 100], "epochs": 125, "batch_size": 64, "options": {"T": 100},
          "note": "exact paper/code setting: LeNet, T=100, 125 epochs, SGD lr 0.0085 (x0.2 at 75), wd 5e-4"},
         {"name": "spike_bp_dropout/mnist-cpu", "rule": "spike_bp_dropout", "dataset": "mnist", "arch": "lenet5",
-         "timesteps": [2, 4, 8], "epochs": 2, "batch_size": 32,
-         "options": {"T": 8, "input_gain": 1.0, "lr_milestones": (1,)},
-         "note": "CPU reduction (8-17 min measured on one loaded core, --backend fused): unpadded LeNet, T=8, "
-                 "input spike probability |x| (not |x|/2), batch 32, 2 epochs with lr x0.2 for the second; "
-                 "~800x fewer neuron-steps than the paper's setting and far below its accuracy (see COMMANDS.md)"},
+         "timesteps": [5, 10, 20], "epochs": 5, "batch_size": 32,
+         "options": {"T": 20, "input_gain": 1.0, "lr_milestones": (4,)},
+         "note": "CPU reduction (~35 min per seed on one idle core, --backend fused): unpadded LeNet, T=20, "
+                 "input spike probability |x| (not |x|/2), batch 32, 5 epochs with lr x0.2 for the last; "
+                 "T and epochs chosen on an H100 screen (T 8-50 x 2-8 epochs, see COMMANDS.md)"},
         {"name": "spike_bp_dropout/cifar10-vgg9", "rule": "spike_bp_dropout", "dataset": "cifar10",
          "arch": "spikebp_vgg9", "timesteps": [25, 50, 100], "epochs": 150, "batch_size": 16,
          "options": {**_CIFAR, "T": 100, "lr": 0.0033, "dropout": 0.2},

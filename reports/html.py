@@ -321,6 +321,30 @@ def _layer_rates(df: pd.DataFrame) -> list[str]:
     return parts
 
 
+def _learning_curves(df: pd.DataFrame) -> list[str]:
+    """Per-epoch test accuracy (runs made with ``--curve N``), at each cell's largest T."""
+    ok = df[df["status"] == "ok"]
+    have = [i for i, r in ok.iterrows() if _extra(r, "curve")]
+    if not have:
+        return []
+    parts = ["<h2 id='curves'>Learning curves</h2>",
+             "<p class='note'>Test accuracy after every epoch on the first N test samples (runs made with "
+             "<code>--curve N</code>), at each run's largest T; one line per seed.</p><div class='charts'>"]
+    sub = ok.loc[have]
+    for (dataset, arch), grp in sub.groupby(["dataset", "arch"]):
+        several = grp["backend"].nunique() > 1
+        series = []
+        for (rule, backend, seed), g in grp.groupby(["rule", "backend", "seed"]):
+            row = g.loc[_num(g, "T").fillna(0).idxmax()]
+            pts = _extra(row, "curve")
+            t = "" if pd.isna(row["T"]) else f", T={int(row['T'])}"
+            series.append({"label": f"{_label(rule, backend, several)} s{int(seed)}{t} (N={pts[-1]['n_test']})",
+                           "x": [float(p["epoch"]) for p in pts], "y": [float(p["accuracy"]) for p in pts]})
+        parts.append(line_chart(series, title=f"{dataset} / {arch}", xlabel="epoch", ylabel="test accuracy"))
+    parts.append("</div>")
+    return parts
+
+
 def _summary_table(summ: pd.DataFrame) -> list[str]:
     s = summ.sort_values(["dataset", "arch", "rule", "backend", "T"], na_position="first").copy()
     s["accuracy"] = s.apply(_pm("acc_mean", "acc_ci95", 100, 2, " %"), axis=1)
@@ -449,6 +473,7 @@ def render(df: pd.DataFrame, sources: list[str], runs: list[dict], *, energy=Non
         parts += _accuracy_vs_T(summ)
         parts += _accuracy_vs_cost(summ, energy_name)
         parts += _layer_rates(df)
+        parts += _learning_curves(df)
         parts += _summary_table(summ)
         parts += _timing(df)
     bad = df[df["status"] != "ok"] if len(df) else df

@@ -55,8 +55,10 @@ def cmd_run(args, host) -> int:
     plans = []  # (rule, dataset, arch, timesteps, epochs, options, preset)
     options = _options(args.set)
     if args.preset:
+        # like --epochs and --batch-size, --timesteps overrides the preset's own sweep
+        cli_ts = _ints(args.timesteps, "--timesteps") if args.timesteps else None
         for p in _presets(host, args.preset):
-            plans.append((p["rule"], p["dataset"], p["arch"], tuple(p.get("timesteps") or ()) or None,
+            plans.append((p["rule"], p["dataset"], p["arch"], cli_ts or tuple(p.get("timesteps") or ()) or None,
                           args.epochs if args.epochs is not None else p.get("epochs"),
                           args.batch_size or p.get("batch_size"), {**p.get("options", {}), **options}, p["name"]))
     else:
@@ -82,7 +84,8 @@ def cmd_run(args, host) -> int:
             raise SystemExit(f"error: unknown backend {backend!r}; valid: {', '.join(available_backends())}")
     cells = [Cell(rule=r, dataset=d, arch=a, seed=s, timesteps=ts, epochs=ep, batch_size=bs, backend=b,
                   options=tuple(sorted(opts.items())), data_root=args.data_root, limit_train=args.limit_train,
-                  limit_test=args.limit_test, preset=pre, device=args.device, command=command)
+                  limit_test=args.limit_test, preset=pre, device=args.device, command=command,
+                  curve=args.curve or 0)
              for (r, d, a, ts, ep, bs, opts, pre) in plans for s in seeds for b in args.backend.split(",")]
     out = Path(args.out)
     write_run_meta(out, {"command": command, "environment": environment(), "cells": len(cells)})
@@ -194,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="cpu")
     r.add_argument("--limit-train", type=int)
     r.add_argument("--limit-test", type=int)
+    r.add_argument("--curve", type=int, metavar="N",
+                   help="also measure test accuracy on the first N test samples after every epoch "
+                        "(printed, and kept in each row's extra.curve)")
     r.add_argument("--report", metavar="HTML", help="also write the HTML report here")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_run)

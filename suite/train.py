@@ -45,10 +45,12 @@ class Cell:
     preset: str | None = None
     device: str = "cpu"
     command: str = ""
+    curve: int = 0                              # >0: test accuracy on the first N test samples after every epoch
 
     def config(self) -> dict:
         d = asdict(self)
-        for k in ("data_root", "command", "preset"):
+        # curve only adds measurements (it never changes training), so it is not part of the cell's identity
+        for k in ("data_root", "command", "preset", "curve"):
             d.pop(k)
         d["options"] = sorted([list(kv) for kv in self.options])
         return d
@@ -102,6 +104,28 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def _curve_point(rule, model, ctx, x, y, timesteps, rows_T, device, bs, epoch, train_time, cell) -> dict:
+    """Test accuracy at every T on (x, y) after an epoch. The rule's generator is swapped for one
+    seeded per epoch, so the curve is reproducible and the training draws are exactly those of a
+    run without it."""
+    train_gen, ctx.generator = ctx.generator, torch.Generator().manual_seed(cell.seed * 1_000_003 + 4 + epoch)
+    model.eval()
+    correct = torch.zeros(len(rows_T))
+    try:
+        with torch.no_grad():
+            for idx in _batches(len(y), max(bs, 256), None):
+                logits = rule.evaluate(model, x[idx].to(device), timesteps, ctx)
+                correct += (logits.argmax(-1) == y[idx].to(device).unsqueeze(0)).float().sum(1).cpu()
+    finally:
+        ctx.generator = train_gen
+        model.train()
+    acc = [float(c / max(len(y), 1)) for c in correct]
+    print(f"[curve] {cell.rule}/{cell.dataset}/{cell.arch} s{cell.seed} epoch {epoch}: "
+          + ", ".join(f"T={T}: {a:.4f}" if T is not None else f"{a:.4f}" for T, a in zip(rows_T, acc))
+          + f" ({len(y)} test samples, {train_time:.0f} s training)", file=sys.stderr, flush=True)
+    return {"epoch": epoch, "train_time_s": train_time, "n_test": len(y), "accuracy": acc}
 
 
 def run_cell(cell: Cell, host=None, progress: bool = False, checkpoint_dir: Path | None = None) -> list[dict]:
@@ -174,7 +198,7 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
 
     model = rule.build(arch, tuple(dataset.input_shape), dataset.n_classes, base["backend"], hp).to(device)
     optimizer, scheduler, interval = rule.configure_optimizer(model, ctx)
-    start_epoch, train_time, last = 0, 0.0, {}
+    start_epoch, train_time, last, curve = 0, 0.0, {}, []
     if ckpt is not None and ckpt.is_file():
         state = torch.load(ckpt, weights_only=False)
         model.load_state_dict(state["model"])
@@ -186,6 +210,7 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
         shuffle.set_state(state["shuffle"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch, train_time, ctx.step = state["epoch"], state["train_time"], state["step"]
+        curve = state.get("curve", [])
 
     bar = None
     if progress:
@@ -211,8 +236,11 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
         if scheduler is not None and interval == "epoch":
             scheduler.step()
         train_time += time.perf_counter() - t0
+        if cell.curve > 0:
+            curve.append(_curve_point(rule, model, ctx, xte[:cell.curve], yte[:cell.curve], timesteps, rows_T,
+                                      device, bs, epoch + 1, train_time, cell))
         if ckpt is not None and epoch + 1 < epochs:
-            _save_checkpoint(ckpt, {"model": model.state_dict(), "epoch": epoch + 1, "step": ctx.step,
+            _save_checkpoint(ckpt, {"model": model.state_dict(), "epoch": epoch + 1, "step": ctx.step, "curve": curve,
                                     "optimizer": optimizer.state_dict() if optimizer is not None else None,
                                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                                     "generator": ctx.generator.get_state(), "shuffle": shuffle.get_state(),
@@ -245,6 +273,9 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
                  # further op-count keys (activations, neuron_updates, macs_effective, energy_model, ...)
                  **{k2: v for k2, v in ops.items() if k2 not in ("synops", "macs", "energy_pj", "spikes_per_sample")},
                  "final_train": {k2: v for k2, v in last.items() if isinstance(v, (int, float))}}
+        if curve:
+            extra["curve"] = [{"epoch": c["epoch"], "train_time_s": c["train_time_s"], "n_test": c["n_test"],
+                               "accuracy": c["accuracy"][k]} for c in curve]
         for metric in metrics:
             extra.update(metric(model, rule, ctx, {"T": T, "ops": ops}) or {})
         rows.append({**base, "T": T, "accuracy": float(correct[k] / len(yte)), "synops": ops["synops"],
