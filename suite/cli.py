@@ -78,6 +78,8 @@ def cmd_run(args, host) -> int:
             raise SystemExit(f"error: --set {', '.join(unknown)}: no selected rule has this option; "
                              f"valid: {', '.join(valid)}")
     seeds = _ints(args.seeds, "--seeds")
+    if args.curve is not None and args.curve < 1:
+        raise SystemExit(f"error: --curve expects a positive number of test samples, got {args.curve}")
     from suite.kernels import available_backends
     for backend in args.backend.split(","):
         if backend not in available_backends():

@@ -106,18 +106,27 @@ def _save_checkpoint(path: Path, state: dict) -> None:
     os.replace(tmp, path)
 
 
+def _count_correct(rule, model, ctx, x, y, timesteps, n_rows, device, batch_size, counter=None) -> torch.Tensor:
+    """Correct predictions at each evaluated T over (x, y) in batches; ``counter`` (an op counter
+    already entered) is told about every batch after the first."""
+    correct = torch.zeros(n_rows)
+    for i, idx in enumerate(_batches(len(y), batch_size, None)):
+        if i and counter is not None:
+            counter.next_batch(len(idx))
+        logits = rule.evaluate(model, x[idx].to(device), timesteps, ctx)
+        correct += (logits.argmax(-1) == y[idx].to(device).unsqueeze(0)).float().sum(1).cpu()
+    return correct
+
+
 def _curve_point(rule, model, ctx, x, y, timesteps, rows_T, device, bs, epoch, train_time, cell) -> dict:
     """Test accuracy at every T on (x, y) after an epoch. The rule's generator is swapped for one
     seeded per epoch, so the curve is reproducible and the training draws are exactly those of a
     run without it."""
     train_gen, ctx.generator = ctx.generator, torch.Generator().manual_seed(cell.seed * 1_000_003 + 4 + epoch)
     model.eval()
-    correct = torch.zeros(len(rows_T))
     try:
         with torch.no_grad():
-            for idx in _batches(len(y), max(bs, 256), None):
-                logits = rule.evaluate(model, x[idx].to(device), timesteps, ctx)
-                correct += (logits.argmax(-1) == y[idx].to(device).unsqueeze(0)).float().sum(1).cpu()
+            correct = _count_correct(rule, model, ctx, x, y, timesteps, len(rows_T), device, max(bs, 256))
     finally:
         ctx.generator = train_gen
         model.train()
@@ -252,17 +261,11 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
     model.eval()
     ctx.generator.manual_seed(cell.seed * 1_000_003 + 3)
     T_max = max(timesteps) if timesteps else 1
-    correct = torch.zeros(len(rows_T))
     eval_bs = max(bs, 256)
     counter = rule.op_counter(model, T_max, min(eval_bs, len(yte)))
     t0 = time.perf_counter()
     with counter, torch.no_grad():
-        for i, idx in enumerate(_batches(len(yte), eval_bs, None)):
-            if i:
-                counter.next_batch(len(idx))
-            xb, yb = xte[idx].to(device), yte[idx].to(device)
-            logits = rule.evaluate(model, xb, timesteps, ctx)
-            correct += (logits.argmax(-1) == yb.unsqueeze(0)).float().sum(1).cpu()
+        correct = _count_correct(rule, model, ctx, xte, yte, timesteps, len(rows_T), device, eval_bs, counter)
     eval_time = time.perf_counter() - t0
     finished = datetime.now(timezone.utc).isoformat()
     metrics = host.metrics() if host is not None else []

@@ -108,6 +108,8 @@ def test_curve_adds_per_epoch_accuracy_without_changing_the_rows(tmp_path, capsy
         # direct input: the last epoch's curve point on the whole (limited) test set is the row itself
         assert points[-1]["accuracy"] == pytest.approx(row["accuracy"], abs=1e-9)
     assert all("curve" not in row["extra"] for _, row in plain.iterrows())
+    with pytest.raises(SystemExit, match="--curve expects a positive number"):
+        main([*base, "--out", str(tmp_path / "bad"), "--curve", "0"])
 
 
 def test_timesteps_override_a_presets_sweep(tmp_path):
