@@ -54,11 +54,11 @@ def cmd_run(args, host) -> int:
     command = "snn-suite " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     plans = []  # (rule, dataset, arch, timesteps, epochs, options, preset)
     options = _options(args.set)
+    timesteps = _ints(args.timesteps, "--timesteps") if args.timesteps else None
     if args.preset:
         # like --epochs and --batch-size, --timesteps overrides the preset's own sweep
-        cli_ts = _ints(args.timesteps, "--timesteps") if args.timesteps else None
         for p in _presets(host, args.preset):
-            plans.append((p["rule"], p["dataset"], p["arch"], cli_ts or tuple(p.get("timesteps") or ()) or None,
+            plans.append((p["rule"], p["dataset"], p["arch"], timesteps or tuple(p.get("timesteps") or ()) or None,
                           args.epochs if args.epochs is not None else p.get("epochs"),
                           args.batch_size or p.get("batch_size"), {**p.get("options", {}), **options}, p["name"]))
     else:
@@ -67,7 +67,6 @@ def cmd_run(args, host) -> int:
         rules = host.select_rules(args.rules)
         host.dataset(args.dataset)
         host.arch(args.arch)
-        timesteps = _ints(args.timesteps, "--timesteps") if args.timesteps else None
         for r in rules:
             rule = host.rule(r)
             own = {k: v for k, v in options.items() if k in rule.defaults}
