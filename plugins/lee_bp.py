@@ -614,7 +614,7 @@ def snn_suite_rules():
 #: (exp(-1/10) per epoch instead of exp(-1/35)) to anneal within 16 epochs instead of 150. Chosen in
 #: sessions 4-5 on per-epoch curves (``--curve``) of 2-32 epoch runs over lr, eta_theta/eta_w, kappa, batch,
 #: decay, rho, weight regulariser, T and epochs (benchmarks/results/lee_bp/COMMANDS.md): 16 epochs at
-#: exp(-1/10) gave 98.2 %, 8 at exp(-1/5) 97.6 %, and 24 or 32 epochs no more than 16. Cost on one idle
+#: exp(-1/10) gave 98.1 % (3 seeds), 8 at exp(-1/5) 97.6 %, and 24 or 32 epochs no more than 16. Cost on one idle
 #: core: ~35 s per epoch at T = 50, ~1.5 min for the 10 000 test digits over the 1 s window.
 CPU_OPTIONS = {"T": 50, "optimizer": "adam", "lr": 1e-3, "lr_theta_ratio": 1.0, "kappa_hidden": -0.1,
                "lr_decay_epochs": 10.0}

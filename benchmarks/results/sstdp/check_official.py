@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from suite.host import create_host
-from suite.plugins.sstdp import DEFAULTS, SSTDP, build_net, snn_suite_archs, time_targets
+from suite.plugins.sstdp import DEFAULTS, SSTDP, build_net, init_ranges, snn_suite_archs, time_targets
 from suite.rule import Context
 
 
@@ -35,13 +35,14 @@ def main() -> None:
 
     torch.set_num_threads(1)
     train = create_host().dataset("mnist").load("train", args.data_root)
-    T, delta, B = 255, 5, 64
     hp = dict(DEFAULTS, init_range="5,48")
+    T, delta, B = int(hp["T"]), float(hp["delta"]), int(hp["batch_size"])
+    r_hidden, r_out = init_ranges(hp["init_range"], [784, 400], hp["theta"])
 
     off = sstdp_module.StdpLinearNetMnist(t_max=T, tau=None, threshold=hp["theta"], a=hp["A"], b=hp["B"])
     torch.manual_seed(args.seed)
-    off.layer1.weight.data = torch.rand(400, 784) * 5.0
-    off.layer2.weight.data = torch.rand(10, 400) * 48.0
+    off.layer1.weight.data = torch.rand(400, 784) * r_hidden
+    off.layer2.weight.data = torch.rand(10, 400) * r_out
 
     def reset():
         for m in off.modules():
@@ -69,7 +70,7 @@ def main() -> None:
         x, y = train.x[idx], train.y[idx]
         opt.zero_grad()
         t_off = off(encode(x.flatten(1)))
-        target = time_targets(t_off.detach(), y, T, float(delta))
+        target = time_targets(t_off.detach(), y, T, delta)
         F.mse_loss(t_off, target).backward()
         opt.step()
         reset()
