@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from suite.baselines.cnn import CNN, DEFAULTS as CNN_DEFAULTS
+from suite.baselines.cnn import CNN, DEFAULTS as CNN_DEFAULTS, SEARCH_SPACE as CNN_SEARCH_SPACE
 from suite.baselines.conversion import SteppedOpCounter, SpikingNet, check_convertible, convert
 from suite.encoders import create_encoder
 from suite.hookspecs import hookimpl
@@ -47,6 +47,11 @@ DEFAULTS = {
     "encoding": "direct",         # analog current into the first layer ("poisson" also works, less accurately)
     "percentile": 99.9,           # Rueckauer 2017; 100 = max-norm (Diehl 2015)
     "calibration_samples": 2048,  # last training inputs kept for the activation statistics
+}
+
+SEARCH_SPACE = {
+    **CNN_SEARCH_SPACE,                   # the ANN's training
+    "percentile": ("float", 99.0, 100.0), # activation percentile of the data-based normalisation
 }
 
 
@@ -103,6 +108,7 @@ class ANN2SNN(CNN):
     encoding = "direct"
     temporal = True
     defaults = DEFAULTS
+    search_space = SEARCH_SPACE
 
     def build(self, arch, input_shape, n_classes, backend, hp):
         ann = super().build(arch, input_shape, n_classes, backend, hp)

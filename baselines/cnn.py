@@ -38,6 +38,11 @@ DEFAULTS = {
     "onnx": False,
 }
 
+SEARCH_SPACE = {
+    "lr": ("log", 1e-4, 1e-2),
+    "weight_decay": ("log", 1e-6, 1e-2),
+}
+
 TIMM_FAMILY = "timm"
 
 
@@ -76,6 +81,7 @@ class CNN(Rule):
     encoding = "none"
     temporal = False
     defaults = DEFAULTS
+    search_space = SEARCH_SPACE
 
     def supports(self, arch, dataset):
         return arch.family in ("sequential", TIMM_FAMILY)

@@ -136,6 +136,15 @@ DEFAULTS = {
     "encoding": "poisson",
 }
 
+SEARCH_SPACE = {
+    "lr": ("log", 3e-4, 1e-2),
+    "alpha": ("float", 1.0, 10.0),        # threshold init (paper: 3-10)
+    "kappa_hidden": ("float", -0.4, 0.0),
+    "wreg_lambda": ("log", 1e-4, 4e-2),   # paper: 0.002-0.04
+    "rho": ("log", 1e-5, 1e-3),           # paper: 4e-5 - 2e-4
+    "tau_mp": ("float", 5.0, 40.0),
+}
+
 
 # ----------------------------------------------------------------------------- encoding
 @dataclass(frozen=True)
@@ -520,6 +529,7 @@ class LeeBP(Rule):
     neuron = "LIF"
     encoding = "poisson"
     defaults = DEFAULTS
+    search_space = SEARCH_SPACE
 
     def supports(self, arch: ArchSpec, dataset: str) -> bool:
         return arch.family == "sequential" and all(layer.kind == "fc" for layer in arch.layers)

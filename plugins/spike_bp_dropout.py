@@ -101,6 +101,14 @@ DEFAULTS = {
     "epochs": 125,
 }
 
+SEARCH_SPACE = {
+    "lr": ("log", 1e-3, 5e-2),
+    "leak": ("float", 0.9, 1.0),
+    "v_threshold": ("float", 0.5, 2.0),
+    "dropout": ("float", 0.0, 0.3),
+    "weight_decay": ("log", 1e-6, 1e-3),
+}
+
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)   # the code's transforms.Normalize values
 CIFAR10_STD = (0.557, 0.549, 0.5534)
 
@@ -563,6 +571,7 @@ class SpikeBPDropout(Rule):
     neuron = "LIF"
     encoding = "signed_bernoulli"
     defaults = DEFAULTS
+    search_space = SEARCH_SPACE
 
     def supports(self, arch, dataset):
         if arch.family == RESNET_FAMILY:

@@ -141,6 +141,14 @@ DEFAULTS = {
     "encoding": "ttfs",
 }
 
+SEARCH_SPACE = {
+    "lr": ("log", 1.0, 100.0),
+    "theta": ("log", 30.0, 300.0),
+    "delta": ("int", 1, 10),
+    "B": ("float", 0.0, 0.3),
+    "weight_decay": ("log", 1e-7, 1e-4),
+}
+
 #: datasets of event frames, which time-to-first-spike coding of intensities does not apply to
 EVENT_DATASETS = frozenset({"nmnist"})
 
@@ -559,6 +567,7 @@ class SSTDP(Rule):
     neuron = "IF"
     encoding = "ttfs"
     defaults = DEFAULTS
+    search_space = SEARCH_SPACE
 
     def supports(self, arch, dataset):
         # TTFS codes a static intensity; event streams (frames over time) have none

@@ -48,6 +48,14 @@ DEFAULTS = {
     "grad_clip": 0.0,
 }
 
+SEARCH_SPACE = {
+    "lr": ("log", 3e-4, 1e-2),
+    "alpha": ("log", 1.0, 30.0),          # surrogate width: the paper's main knob for depth
+    "beta": ("float", 0.5, 0.99),
+    "v_threshold": ("float", 0.5, 2.0),
+    "weight_decay": ("log", 1e-6, 1e-2),
+}
+
 
 class SurrogateBPTTBN(Rule):
     name = "surrogate_bptt_bn"
@@ -56,6 +64,7 @@ class SurrogateBPTTBN(Rule):
     neuron = "LIF"
     encoding = "direct"
     defaults = DEFAULTS
+    search_space = SEARCH_SPACE
 
     def backends(self):
         from suite.kernels import available_backends

@@ -91,6 +91,14 @@ DEFAULTS = {
     "epochs": 100,
 }
 
+SEARCH_SPACE = {
+    "lr": ("log", 1e-4, 5e-3),
+    "tau_m": ("float", 2.0, 10.0),
+    "tau_s": ("float", 1.0, 6.0),
+    "v_threshold": ("float", 0.5, 2.0),
+    "weight_decay": ("log", 1e-4, 1e-1),
+}
+
 
 # ----------------------------------------------------------------------------- neuron + gradient
 class TSSLSpike(torch.autograd.Function):
@@ -330,6 +338,7 @@ class TSSLBP(Rule):
     neuron = "SRM"
     encoding = "direct"
     defaults = DEFAULTS
+    search_space = SEARCH_SPACE
 
     def supports(self, arch, dataset):
         return arch.family == "sequential" and not any(l.kind == "pool" and l.pool == "max" for l in arch.layers)

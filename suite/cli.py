@@ -30,66 +30,65 @@ def _options(pairs: list[str]) -> dict[str, str]:
     return out
 
 
-def _presets(host, text: str) -> list[dict]:
-    """Presets named in ``--preset``: comma-separated names or shell patterns (``'*/digits'``)."""
-    import fnmatch
+def matrix_from_args(args, host):
+    """``--rules``/``--preset`` with ``--dataset``, ``--arch``, ... as a :class:`~suite.matrix.Matrix`:
+    the command line and a matrix file share one path to cells."""
+    from suite.matrix import Entry, Matrix, preset_entry, select_presets
 
-    out = []
-    for name in (n.strip() for n in text.split(",") if n.strip()):
-        if any(ch in name for ch in "*?["):
-            matched = sorted(n for n in host.presets if fnmatch.fnmatchcase(n, name))
-            if not matched:
-                raise SystemExit(f"error: --preset {name!r} matches no preset; valid: {', '.join(sorted(host.presets))}")
-            out.extend(host.preset(n) for n in matched)
-        else:
-            out.append(host.preset(name))
-    return out
-
-
-def cmd_run(args, host) -> int:
-    from suite.train import Cell, run_matrix
-    from suite.results import write_run_meta
-    from suite.train import environment
-
-    command = "snn-suite " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    plans = []  # (rule, dataset, arch, timesteps, epochs, options, preset)
+    entries = []
     options = _options(args.set)
     timesteps = _ints(args.timesteps, "--timesteps") if args.timesteps else None
     if args.preset:
         # like --epochs and --batch-size, --timesteps overrides the preset's own sweep
-        for p in _presets(host, args.preset):
-            plans.append((p["rule"], p["dataset"], p["arch"], timesteps or tuple(p.get("timesteps") or ()) or None,
-                          args.epochs if args.epochs is not None else p.get("epochs"),
-                          args.batch_size or p.get("batch_size"), {**p.get("options", {}), **options}, p["name"]))
+        for p in select_presets(host, args.preset):
+            entries.append(preset_entry(p, timesteps=timesteps, epochs=args.epochs, batch_size=args.batch_size,
+                                        options=options))
     else:
         if not args.rules:
-            raise SystemExit("error: give --rules (or --preset)")
+            raise SystemExit("error: give --rules, --preset or --matrix")
         rules = host.select_rules(args.rules)
         host.dataset(args.dataset)
         host.arch(args.arch)
         for r in rules:
             rule = host.rule(r)
             own = {k: v for k, v in options.items() if k in rule.defaults}
-            plans.append((r, args.dataset, args.arch, timesteps, args.epochs, args.batch_size, own, None))
+            entries.append(Entry(r, args.dataset, args.arch, timesteps, args.epochs, args.batch_size,
+                                 tuple(sorted(own.items()))))
         unknown = [k for k in options if not any(k in host.rule(r).defaults for r in rules)]
         if unknown:
             valid = sorted({k for r in rules for k in host.rule(r).defaults})
             raise SystemExit(f"error: --set {', '.join(unknown)}: no selected rule has this option; "
                              f"valid: {', '.join(valid)}")
-    seeds = _ints(args.seeds, "--seeds")
-    if args.curve is not None and args.curve < 1:
-        raise SystemExit(f"error: --curve expects a positive number of test samples, got {args.curve}")
     from suite.kernels import available_backends
-    for backend in args.backend.split(","):
+    backends = tuple(args.backend.split(","))
+    for backend in backends:
         if backend not in available_backends():
             raise SystemExit(f"error: unknown backend {backend!r}; valid: {', '.join(available_backends())}")
-    cells = [Cell(rule=r, dataset=d, arch=a, seed=s, timesteps=ts, epochs=ep, batch_size=bs, backend=b,
-                  options=tuple(sorted(opts.items())), data_root=args.data_root, limit_train=args.limit_train,
-                  limit_test=args.limit_test, preset=pre, device=args.device, command=command,
-                  curve=args.curve or 0)
-             for (r, d, a, ts, ep, bs, opts, pre) in plans for s in seeds for b in args.backend.split(",")]
+    return Matrix(entries=entries, seeds=_ints(args.seeds, "--seeds"), backends=backends,
+                  val_split=args.val_split, limit_train=args.limit_train, limit_val=args.limit_val,
+                  limit_test=args.limit_test)
+
+
+def cmd_run(args, host) -> int:
+    from suite.results import write_run_meta
+    from suite.train import environment, run_matrix
+
+    command = "snn-suite " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if args.matrix:
+        given = [o for o, v in (("--rules", args.rules), ("--preset", args.preset), ("--timesteps", args.timesteps),
+                                ("--epochs", args.epochs), ("--set", args.set)) if v]
+        if given:
+            raise SystemExit(f"error: --matrix declares the whole matrix; drop {', '.join(given)} "
+                             "(or write them into the file)")
+        from suite.matrix import load_matrix
+        matrix = load_matrix(args.matrix, host)
+    else:
+        matrix = matrix_from_args(args, host)
+    if args.curve is not None and args.curve < 0:
+        raise SystemExit(f"error: --curve expects a number of validation samples >= 0, got {args.curve}")
+    cells = matrix.cells(data_root=args.data_root, device=args.device, command=command, curve=args.curve)
     out = Path(args.out)
-    write_run_meta(out, {"command": command, "environment": environment(), "cells": len(cells)})
+    write_run_meta(out, {"command": command, "environment": environment(), "cells": len(cells), **matrix.meta()})
     rows = run_matrix(cells, out, resume=args.resume, executor=args.executor, jobs=args.jobs,
                       progress=not args.quiet and sys.stderr.isatty(), max_retries=args.max_retries,
                       ray_address=args.ray_address)
@@ -99,6 +98,27 @@ def cmd_run(args, host) -> int:
         write_report([out], Path(args.report))
         print(f"report: {args.report}")
     return 0 if all(r.get("status") in ("ok", "skipped") for r in rows) else 1
+
+
+def cmd_tune(args, host) -> int:
+    from suite.matrix import load_matrix
+    from suite.tune import tune
+
+    matrix = load_matrix(args.matrix, host)
+    if args.rules:
+        keep = set(host.select_rules(args.rules))
+        matrix.entries = [e for e in matrix.entries if e.rule in keep]
+        if not matrix.entries:
+            raise SystemExit(f"error: --rules {args.rules!r} selects no rule of {args.matrix}")
+    settings = {k: getattr(args, k) if getattr(args, k) is not None else matrix.tune.get(k)
+                for k in ("trials", "epochs", "limit_train", "limit_val", "seed")}
+    for k in ("trials", "epochs"):
+        if not settings[k] or settings[k] < 1:
+            raise SystemExit(f"error: give --{k} (a positive integer) or set {k} in the matrix's [tune] table")
+    tune(matrix, Path(args.out), host, trials=settings["trials"], epochs=settings["epochs"],
+         limit_train=settings["limit_train"], limit_val=settings["limit_val"], seed=settings["seed"] or 0,
+         jobs=args.jobs, resume=args.resume, data_root=args.data_root, device=args.device)
+    return 0
 
 
 def cmd_plugins(args, host) -> int:
@@ -172,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="train and evaluate a matrix of rule x dataset x arch x seed cells")
+    r.add_argument("--matrix", metavar="FILE.toml",
+                   help="run the matrix a TOML file declares (rules x datasets x archs x seeds x T, per-rule "
+                        "overrides); see suite/matrix.py")
     r.add_argument("--rules", help="comma-separated rule names or patterns, or 'all'")
     r.add_argument("--preset", help="paper preset(s) or patterns, e.g. surrogate_bptt_bn/mnist or '*/digits' (see `snn-suite plugins`)")
     r.add_argument("--dataset", default="digits")
@@ -196,14 +219,35 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-retries", type=int, default=2,
                    help="re-runs of a cell whose worker process died (processes, ray)")
     r.add_argument("--device", default="cpu")
-    r.add_argument("--limit-train", type=int)
-    r.add_argument("--limit-test", type=int)
+    r.add_argument("--limit-train", type=int, help="use the first N training samples (quick runs)")
+    r.add_argument("--limit-val", type=int, help="use the first N validation samples")
+    r.add_argument("--limit-test", type=int, help="use the first N test samples")
+    r.add_argument("--val-split", default="auto", choices=["auto", "none"],
+                   help="auto: hold out the dataset's fixed validation split (5,000 samples for MNIST and "
+                        "Fashion-MNIST, 10%% elsewhere) for per-epoch validation and selection; none: train "
+                        "on the whole training set (no validation)")
     r.add_argument("--curve", type=int, metavar="N",
-                   help="also measure test accuracy on the first N test samples after every epoch "
-                        "(printed, and kept in each row's extra.curve)")
+                   help="per-epoch validation accuracy on the first N validation samples (default: all of "
+                        "them; 0: only after the last epoch); kept in each row's extra.history")
     r.add_argument("--report", metavar="HTML", help="also write the HTML report here")
     r.add_argument("--quiet", action="store_true")
     r.set_defaults(func=cmd_run)
+
+    t = sub.add_parser("tune", help="tune every rule of a matrix file with one budget on the validation split "
+                                    "(Optuna); writes tuned.toml for run --matrix")
+    t.add_argument("--matrix", required=True, metavar="FILE.toml", help="the matrix whose rules are tuned")
+    t.add_argument("--out", required=True, help="folder for the studies (study.journal), trial rows and tuned.toml")
+    t.add_argument("--rules", help="tune only these rules of the matrix (names or patterns)")
+    t.add_argument("--trials", type=int, help="trials per rule and architecture (default: the matrix's [tune])")
+    t.add_argument("--epochs", type=int, help="epochs per trial (default: the matrix's [tune])")
+    t.add_argument("--limit-train", type=int, help="training samples per trial (default: all but validation)")
+    t.add_argument("--limit-val", type=int, help="validation samples per trial (default: the whole split)")
+    t.add_argument("--seed", type=int, help="training seed of the trials and the sampler (default 0)")
+    t.add_argument("--jobs", type=int, default=1, help="trials run at a time, in worker processes")
+    t.add_argument("--resume", action="store_true", help="continue the studies in --out")
+    t.add_argument("--data-root", help="dataset root (default $SNN_SUITE_DATA or ~/.cache/snn-suite/data)")
+    t.add_argument("--device", default="cpu", help="torch device of the trials")
+    t.set_defaults(func=cmd_tune)
 
     pl = sub.add_parser("plugins", help="list rules, datasets, archs and broken plugins")
     pl.add_argument("--json", action="store_true")

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import pandas as pd
 
-SCHEMA_VERSION = 1
+#: 2: validation split (val_accuracy, val_split) and extra.history; rows of version 1 still read
+SCHEMA_VERSION = 2
 
 #: row columns, in order (ARCHITECTURE.md's schema plus status, error and bookkeeping)
 COLUMNS = [
-    "rule", "paper", "dataset", "arch", "encoding", "backend", "T", "seed", "accuracy",
+    "rule", "paper", "dataset", "arch", "encoding", "backend", "T", "seed", "accuracy", "val_accuracy",
     "synops", "macs", "energy_pj", "spikes_per_sample", "train_time_s", "samples_per_s",
     "peak_mem_mb", "suite_version", "plugin_version", "config_hash", "status", "error",
-    "epochs", "train_T", "n_train", "n_test", "cell_id", "preset", "command", "finished_at",
+    "epochs", "train_T", "n_train", "n_test", "val_split", "cell_id", "preset", "command", "finished_at",
     "schema_version", "extra",
 ]
 FINAL_STATUSES = ("ok", "nan", "skipped")

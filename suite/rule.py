@@ -69,6 +69,9 @@ class Rule(abc.ABC):
     version: str = ""
     #: hyper-parameters with the paper's values; the only keys users may override
     defaults: dict[str, Any] = {}
+    #: what ``snn-suite tune`` searches: option name (a key of ``defaults``) -> ``("log", low, high)``,
+    #: ``("float", low, high)``, ``("int", low, high)`` or ``("choice", [values])``; the knobs the paper tunes
+    search_space: dict[str, tuple] = {}
 
     # ------------------------------------------------------------------ capabilities
     def supports(self, arch: "ArchSpec", dataset: str) -> bool:

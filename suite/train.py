@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 import suite
+from suite.data import validation_split
 from suite.rule import Context, check_options
 
 
@@ -45,7 +46,11 @@ class Cell:
     preset: str | None = None
     device: str = "cpu"
     command: str = ""
-    curve: int = 0                              # >0: test accuracy on the first N test samples after every epoch
+    # validation accuracy after every epoch on the first N validation samples; None: all of them, 0: off
+    curve: int | None = None
+    val_split: str = "auto"                     # "auto": the dataset's fixed validation split; "none": train on all
+    limit_val: int | None = None
+    evaluate_test: bool = True                  # False (tuning trials): validation only, the test set is never read
 
     def config(self) -> dict:
         d = asdict(self)
@@ -118,10 +123,11 @@ def _count_correct(rule, model, ctx, x, y, timesteps, n_rows, device, batch_size
     return correct
 
 
-def _curve_point(rule, model, ctx, x, y, timesteps, rows_T, device, bs, epoch, train_time, cell) -> dict:
-    """Test accuracy at every T on (x, y) after an epoch. The rule's generator is swapped for one
-    seeded per epoch, so the curve is reproducible and the training draws are exactly those of a
-    run without it."""
+def _validation_point(rule, model, ctx, x, y, timesteps, rows_T, device, bs, epoch, train_time, train_loss,
+                      cell) -> dict:
+    """Validation accuracy at every T on (x, y) after an epoch. The rule's generator is swapped for
+    one seeded per epoch, so the point is reproducible and the training draws are exactly those of
+    a run without it."""
     train_gen, ctx.generator = ctx.generator, torch.Generator().manual_seed(cell.seed * 1_000_003 + 4 + epoch)
     model.eval()
     try:
@@ -131,14 +137,32 @@ def _curve_point(rule, model, ctx, x, y, timesteps, rows_T, device, bs, epoch, t
         ctx.generator = train_gen
         model.train()
     acc = [float(c / max(len(y), 1)) for c in correct]
-    print(f"[curve] {cell.rule}/{cell.dataset}/{cell.arch} s{cell.seed} epoch {epoch}: "
-          + ", ".join(f"T={T}: {a:.4f}" if T is not None else f"{a:.4f}" for T, a in zip(rows_T, acc))
-          + f" ({len(y)} test samples, {train_time:.0f} s training)", file=sys.stderr, flush=True)
-    return {"epoch": epoch, "train_time_s": train_time, "n_test": len(y), "accuracy": acc}
+    if cell.curve is not None:  # asked for on the command line: show it as it comes
+        print(f"[val] {cell.rule}/{cell.dataset}/{cell.arch} s{cell.seed} epoch {epoch}: "
+              + ", ".join(f"T={T}: {a:.4f}" if T is not None else f"{a:.4f}" for T, a in zip(rows_T, acc))
+              + f" ({len(y)} validation samples, {train_time:.0f} s training)", file=sys.stderr, flush=True)
+    return {"epoch": epoch, "train_time_s": train_time, "train_loss": train_loss, "n_val": len(y),
+            "val_accuracy": acc}
 
 
-def run_cell(cell: Cell, host=None, progress: bool = False, checkpoint_dir: Path | None = None) -> list[dict]:
-    """Train and evaluate one cell; always returns rows (status ok / nan / failed / skipped)."""
+def _row_history(history: list[dict], k: int) -> list[dict]:
+    """Per epoch: mean training loss and (where measured) validation accuracy at the k-th evaluated T."""
+    return [{**{h: p[h] for h in ("epoch", "train_time_s", "train_loss", "n_val") if h in p},
+             **({"val_accuracy": p["val_accuracy"][k]} if "val_accuracy" in p else {})} for p in history]
+
+
+class StopCell(BaseException):
+    """Raised by an ``on_epoch`` callback of :func:`run_cell` (a tuner's pruner) to abandon a cell:
+    it propagates out of ``run_cell`` instead of becoming a failed row."""
+
+
+def run_cell(cell: Cell, host=None, progress: bool = False, checkpoint_dir: Path | None = None,
+             on_epoch=None) -> list[dict]:
+    """Train and evaluate one cell; always returns rows (status ok / nan / failed / skipped).
+
+    ``on_epoch(point)``, if given, is called after every epoch with the epoch's history point
+    (``epoch``, ``train_loss``, ``val_accuracy`` per evaluated T, ...); it may raise
+    :class:`StopCell` to abandon the cell."""
     if host is None:
         from suite.host import create_host
         host = create_host()
@@ -157,6 +181,8 @@ def run_cell(cell: Cell, host=None, progress: bool = False, checkpoint_dir: Path
         dataset = host.dataset(cell.dataset)
         arch = host.arch(cell.arch)
         hp = check_options(rule, dict(cell.options))
+        if cell.val_split not in ("auto", "none"):
+            raise ValueError(f"val_split {cell.val_split!r}: expected 'auto' (the dataset's validation split) or 'none'")
         base["encoding"] = "events" if dataset.kind == "events" and rule.temporal else hp.get("encoding", rule.encoding)
     except Exception as exc:
         return fail("failed", f"{type(exc).__name__}: {exc}")
@@ -181,7 +207,7 @@ def run_cell(cell: Cell, host=None, progress: bool = False, checkpoint_dir: Path
 
     try:
         return _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_T, base,
-                                   host, progress, _checkpoint_path(checkpoint_dir, cell))
+                                   host, progress, _checkpoint_path(checkpoint_dir, cell), on_epoch)
     except NonFiniteLoss as exc:
         return fail("nan", str(exc), rows_T)
     except Exception as exc:
@@ -189,13 +215,21 @@ def run_cell(cell: Cell, host=None, progress: bool = False, checkpoint_dir: Path
         return fail("failed", f"{type(exc).__name__}: {exc}\n{tb}", rows_T)
 
 
-def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_T, base, host, progress, ckpt):
+def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_T, base, host, progress, ckpt,
+                        on_epoch=None):
     seed_everything(cell.seed)
     device = torch.device(cell.device)
     train = dataset.load("train", cell.data_root)
-    test = dataset.load("test", cell.data_root)
-    xtr, ytr = train.x[:cell.limit_train], train.y[:cell.limit_train]
-    xte, yte = test.x[:cell.limit_test], test.y[:cell.limit_test]
+    if cell.val_split == "auto":
+        split = validation_split(dataset, len(train))
+        xtr, ytr = train.x[split.train][:cell.limit_train], train.y[split.train][:cell.limit_train]
+        xval, yval = train.x[split.val][:cell.limit_val], train.y[split.val][:cell.limit_val]
+        base["val_split"] = {**split.describe(), "n_val_used": len(yval)}
+    else:
+        xtr, ytr = train.x[:cell.limit_train], train.y[:cell.limit_train]
+        xval = yval = None
+        base["val_split"] = None
+    del train
     epochs = int(cell.epochs if cell.epochs is not None else hp.get("epochs", 1))
     bs = int(cell.batch_size or hp.get("batch_size", 64))
     ctx = Context(hp=hp, T=train_T or 1, timesteps=timesteps, arch=arch, dataset=dataset.name,
@@ -204,10 +238,11 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
                   device=str(device), data_kind=dataset.kind)
     ctx.generator.manual_seed(cell.seed * 1_000_003 + 1)
     shuffle = torch.Generator().manual_seed(cell.seed * 1_000_003 + 2)
+    n_curve = 0 if yval is None or cell.curve == 0 else len(yval) if cell.curve is None else min(cell.curve, len(yval))
 
     model = rule.build(arch, tuple(dataset.input_shape), dataset.n_classes, base["backend"], hp).to(device)
     optimizer, scheduler, interval = rule.configure_optimizer(model, ctx)
-    start_epoch, train_time, last, curve = 0, 0.0, {}, []
+    start_epoch, train_time, last, history = 0, 0.0, {}, []
     if ckpt is not None and ckpt.is_file():
         state = torch.load(ckpt, weights_only=False)
         model.load_state_dict(state["model"])
@@ -219,7 +254,7 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
         shuffle.set_state(state["shuffle"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch, train_time, ctx.step = state["epoch"], state["train_time"], state["step"]
-        curve = state.get("curve", [])
+        history = state.get("history", [])
 
     bar = None
     if progress:
@@ -230,12 +265,15 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
         ctx.epoch = epoch
         model.train()
         t0 = time.perf_counter()
+        loss_sum, loss_n = 0.0, 0
         for idx in _batches(len(ytr), bs, shuffle):
             xb, yb = xtr[idx].to(device), ytr[idx].to(device)
             last = rule.train_step(model, (xb, yb), optimizer, ctx) or {}
             loss = last.get("loss")
             if loss is not None and not math.isfinite(loss):
                 raise NonFiniteLoss(f"non-finite loss {loss} at epoch {epoch}, step {ctx.step}; run stopped")
+            if loss is not None:
+                loss_sum, loss_n = loss_sum + loss * len(idx), loss_n + len(idx)
             if scheduler is not None and interval == "step":
                 scheduler.step()
             ctx.step += 1
@@ -245,11 +283,18 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
         if scheduler is not None and interval == "epoch":
             scheduler.step()
         train_time += time.perf_counter() - t0
-        if cell.curve > 0:
-            curve.append(_curve_point(rule, model, ctx, xte[:cell.curve], yte[:cell.curve], timesteps, rows_T,
-                                      device, bs, epoch + 1, train_time, cell))
+        train_loss = loss_sum / loss_n if loss_n else None
+        if n_curve:
+            point = _validation_point(rule, model, ctx, xval[:n_curve], yval[:n_curve], timesteps, rows_T, device,
+                                      bs, epoch + 1, train_time, train_loss, cell)
+        else:
+            point = {"epoch": epoch + 1, "train_time_s": train_time, "train_loss": train_loss}
+        history.append(point)
+        if on_epoch is not None:
+            on_epoch(point)
         if ckpt is not None and epoch + 1 < epochs:
-            _save_checkpoint(ckpt, {"model": model.state_dict(), "epoch": epoch + 1, "step": ctx.step, "curve": curve,
+            _save_checkpoint(ckpt, {"model": model.state_dict(), "epoch": epoch + 1, "step": ctx.step,
+                                    "history": history,
                                     "optimizer": optimizer.state_dict() if optimizer is not None else None,
                                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                                     "generator": ctx.generator.get_state(), "shuffle": shuffle.get_state(),
@@ -257,7 +302,26 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
     if bar is not None:
         bar.close()
 
-    # Evaluation: one pass at T_max, accuracy (and op counts) read at every T.
+    # Validation at every T: the last epoch's point where it covered the whole split, else one pass now.
+    val_acc = None
+    if yval is not None:
+        if history and history[-1].get("n_val") == len(yval):
+            val_acc = history[-1]["val_accuracy"]
+        else:
+            val_acc = _validation_point(rule, model, ctx, xval, yval, timesteps, rows_T, device, bs, epochs,
+                                        train_time, None, cell)["val_accuracy"]
+    n_samples = len(ytr)
+    del xtr, ytr, xval, yval
+    if not cell.evaluate_test:
+        return [{**base, "T": T, "accuracy": None, "val_accuracy": val_acc[k] if val_acc is not None else None,
+                 "train_time_s": train_time, "status": "ok", "error": None, "epochs": epochs, "n_train": n_samples,
+                 "finished_at": datetime.now(timezone.utc).isoformat(),
+                 "extra": {"history": _row_history(history, k), "test": "not evaluated (tuning trial)"}}
+                for k, T in enumerate(rows_T)]
+
+    # The test set is read here, once: one pass at T_max, accuracy (and op counts) read at every T.
+    test = dataset.load("test", cell.data_root)
+    xte, yte = test.x[:cell.limit_test], test.y[:cell.limit_test]
     model.eval()
     ctx.generator.manual_seed(cell.seed * 1_000_003 + 3)
     T_max = max(timesteps) if timesteps else 1
@@ -275,18 +339,17 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
         extra = {"layers": ops["layers"], "spike_rates": ops["spike_rates"], "eval_time_s": eval_time,
                  # further op-count keys (activations, neuron_updates, macs_effective, energy_model, ...)
                  **{k2: v for k2, v in ops.items() if k2 not in ("synops", "macs", "energy_pj", "spikes_per_sample")},
-                 "final_train": {k2: v for k2, v in last.items() if isinstance(v, (int, float))}}
-        if curve:
-            extra["curve"] = [{"epoch": c["epoch"], "train_time_s": c["train_time_s"], "n_test": c["n_test"],
-                               "accuracy": c["accuracy"][k]} for c in curve]
+                 "final_train": {k2: v for k2, v in last.items() if isinstance(v, (int, float))},
+                 "history": _row_history(history, k)}
         for metric in metrics:
             extra.update(metric(model, rule, ctx, {"T": T, "ops": ops}) or {})
-        rows.append({**base, "T": T, "accuracy": float(correct[k] / len(yte)), "synops": ops["synops"],
+        rows.append({**base, "T": T, "accuracy": float(correct[k] / len(yte)),
+                     "val_accuracy": val_acc[k] if val_acc is not None else None, "synops": ops["synops"],
                      "macs": ops["macs"], "energy_pj": ops["energy_pj"],
                      "spikes_per_sample": ops["spikes_per_sample"], "train_time_s": train_time,
-                     "samples_per_s": epochs * len(ytr) / train_time if train_time > 0 else None,  # train_time spans resumed chunks
+                     "samples_per_s": epochs * n_samples / train_time if train_time > 0 else None,  # train_time spans resumed chunks
                      "peak_mem_mb": _peak_mem_mb(cell.device), "status": "ok", "error": None,
-                     "epochs": epochs, "n_train": len(ytr), "n_test": len(yte), "finished_at": finished,
+                     "epochs": epochs, "n_train": n_samples, "n_test": len(yte), "finished_at": finished,
                      "extra": extra})
     if ckpt is not None and ckpt.is_file():
         ckpt.unlink()
@@ -304,4 +367,4 @@ def run_matrix(cells: list[Cell], out_dir: Path, **kwargs) -> list[dict]:
     return _run_matrix(cells, out_dir, **kwargs)
 
 
-__all__ = ["Cell", "run_cell", "run_matrix", "environment", "seed_everything"]
+__all__ = ["Cell", "StopCell", "run_cell", "run_matrix", "environment", "seed_everything"]

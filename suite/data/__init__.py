@@ -7,11 +7,16 @@ root: ``--data-root`` / ``SNN_SUITE_DATA`` / ``~/.cache/snn-suite/data``.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+#: Seed of every dataset's validation split. Fixed and independent of the run seeds, so that all
+#: cells, rules and seeds of a comparison train and select on the same samples.
+VAL_SEED = 20261202
 
 
 class DataError(Exception):
@@ -44,6 +49,8 @@ class Dataset:
     description: str = ""
     #: True where the data ships with an installed package (no files, no data root)
     embedded: bool = False
+    #: size of the validation split carved from the training set: a count, or a fraction (< 1)
+    val_size: int | float = 0.1
 
     def load(self, split: str, root=None) -> Split:
         if split not in ("train", "test"):
@@ -61,3 +68,33 @@ class Dataset:
             s = self.load(split, root)
             out.append(f"{self.name}/{split}: {len(s)} samples, x {tuple(s.x.shape)}")
         return out
+
+
+@dataclass(frozen=True)
+class ValidationSplit:
+    """Indices into a dataset's training split: ``train`` to learn from, ``val`` to select on."""
+
+    train: torch.Tensor
+    val: torch.Tensor
+
+    def describe(self) -> dict:
+        """What a result row records: size, seed and a fingerprint of the validation indices."""
+        digest = hashlib.sha256(self.val.numpy().tobytes()).hexdigest()[:12]
+        return {"n_val": len(self.val), "seed": VAL_SEED, "val_indices_sha256": digest}
+
+
+def validation_split(dataset: Dataset, n_train: int) -> ValidationSplit:
+    """The dataset's fixed validation split of its ``n_train`` training samples.
+
+    Deterministic (seeded with :data:`VAL_SEED` and the dataset's name, never with a run seed);
+    ``dataset.val_size`` samples (or that fraction of them) go to validation, the rest to training.
+    Both index lists are sorted, so training order stays a matter of the run's own shuffle.
+    """
+    size = dataset.val_size
+    n_val = int(round(size * n_train)) if isinstance(size, float) and size < 1 else int(size)
+    if not 0 < n_val < n_train:
+        raise ValueError(f"dataset {dataset.name!r}: validation size {size!r} leaves no training or no "
+                         f"validation samples out of {n_train}")
+    name_seed = int.from_bytes(hashlib.sha256(dataset.name.encode()).digest()[:4], "little")
+    order = torch.randperm(n_train, generator=torch.Generator().manual_seed(VAL_SEED + name_seed))
+    return ValidationSplit(train=order[n_val:].sort().values, val=order[:n_val].sort().values)

@@ -57,6 +57,7 @@ class IdxDataset(Dataset):
     official_sha256: dict[str, str] = {}
     counts = {"train": 60000, "test": 10000}
     input_shape = (1, 28, 28)
+    val_size = 5000
 
     @staticmethod
     def files(split):

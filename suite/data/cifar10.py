@@ -109,6 +109,7 @@ def read_batch(path) -> tuple[np.ndarray, np.ndarray]:
 
 class CIFAR10(Dataset):
     name = "cifar10"
+    val_size = 5000
     input_shape = (3, 32, 32)
     n_classes = 10
     description = "CIFAR-10 (Krizhevsky 2009), 50k/10k, 3x32x32, python batches"
