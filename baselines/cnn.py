@@ -104,7 +104,7 @@ class CNN(Rule):
     @torch.no_grad()
     def evaluate(self, model, x, timesteps, ctx):
         logits = super().evaluate(model, x, timesteps, ctx)
-        if ctx.hp.get("onnx"):
+        if ctx.hp.get("onnx") and ctx.phase == "test":  # the final test pass, not per-epoch validation
             from suite.baselines.onnx_runtime import OnnxCheck
 
             image = self.image(x, ctx)

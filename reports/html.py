@@ -28,6 +28,7 @@ import pandas as pd
 from suite.opcount import energy_model
 from suite.reports.svg import bar_chart, line_chart
 from suite.results import COLUMNS, read_frame
+from suite.stats import ci95  # noqa: F401  (re-exported: the report's interval)
 
 #: rules drawn as references rather than as learning rules (besides every rule without T)
 REFERENCE_RULES = {"cnn", "ann2snn"}
@@ -44,27 +45,6 @@ td.l,th.l{text-align:left} .chart text{font-size:11px;font-family:sans-serif} .c
 
 
 # ----------------------------------------------------------------------------- statistics
-def _t975(dof: int) -> float:
-    """Two-sided 95 % Student-t quantile."""
-    try:
-        from scipy.stats import t
-
-        return float(t.ppf(0.975, dof))
-    except ImportError:  # scipy ships with scikit-learn; this table is the fallback
-        table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-                 10: 2.228, 15: 2.131, 20: 2.086, 30: 2.042}
-        return table[min(k for k in table if k >= dof)] if dof <= 30 else 1.96
-
-
-def ci95(values) -> float:
-    """Half-width of the 95 % confidence interval of the mean: ``t_{0.975, n-1} s / sqrt(n)``
-    (0 for fewer than two values)."""
-    v = pd.to_numeric(pd.Series(values), errors="coerce").dropna()
-    if len(v) < 2:
-        return 0.0
-    return float(_t975(len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
-
-
 def _ci95(values: pd.Series) -> float:
     return ci95(values)
 
@@ -153,8 +133,9 @@ def _fmt_cell(v, fmt=None) -> str:
 
 
 def _table(df: pd.DataFrame, cols: list[str], fmt: dict | None = None, headers: dict | None = None,
-           row_class=None) -> str:
-    fmt, headers = fmt or {}, headers or {}
+           row_class=None, cell_fmt: dict | None = None) -> str:
+    """``fmt``: column -> value formatter; ``cell_fmt``: column -> formatter of the whole row."""
+    fmt, headers, cell_fmt = fmt or {}, headers or {}, cell_fmt or {}
     head = "".join(f'<th class="{"" if pd.api.types.is_numeric_dtype(df[c]) or c in fmt else "l"}">'
                    f'{escape(str(headers.get(c, c)))}</th>' for c in cols)
     body = []
@@ -162,7 +143,7 @@ def _table(df: pd.DataFrame, cols: list[str], fmt: dict | None = None, headers: 
         cells = []
         for c in cols:
             v = row[c]
-            s = _fmt_cell(v, fmt.get(c) if _fmt_cell(v) else None)
+            s = cell_fmt[c](row) if c in cell_fmt else _fmt_cell(v, fmt.get(c) if _fmt_cell(v) else None)
             numeric = isinstance(v, (int, float)) and not isinstance(v, bool) or c in fmt
             cells.append(f'<td class="{"" if numeric else "l"}">{escape(s)}</td>')
         cls = f' class="{row_class(row)}"' if row_class and row_class(row) else ""
@@ -176,7 +157,7 @@ def _pm(mean_col, ci_col, scale=1.0, digits=2, unit=""):
         if m is None or (isinstance(m, float) and math.isnan(m)):
             return ""
         s = f"{scale * m:.{digits}f}{unit}"
-        return s + (f" ± {scale * e:.{digits}f}" if e else "")
+        return s + (f" ± {scale * e:.{digits}f}" if e and not math.isnan(e) else "")
     return f
 
 
@@ -322,26 +303,88 @@ def _layer_rates(df: pd.DataFrame) -> list[str]:
 
 
 def _learning_curves(df: pd.DataFrame) -> list[str]:
-    """Per-epoch test accuracy (runs made with ``--curve N``), at each cell's largest T."""
+    """Per-epoch training loss and validation accuracy (``extra.history``), at each cell's largest T."""
     ok = df[df["status"] == "ok"]
-    have = [i for i, r in ok.iterrows() if _extra(r, "curve")]
+    have = [i for i, r in ok.iterrows() if _extra(r, "history")]
     if not have:
         return []
     parts = ["<h2 id='curves'>Learning curves</h2>",
-             "<p class='note'>Test accuracy after every epoch on the first N test samples (runs made with "
-             "<code>--curve N</code>), at each run's largest T; one line per seed.</p><div class='charts'>"]
+             "<p class='note'>Mean training loss of every epoch and validation accuracy after it (on the "
+             "validation split, never the test set), at each run's largest T; one line per seed.</p>"
+             "<div class='charts'>"]
     sub = ok.loc[have]
     for (dataset, arch), grp in sub.groupby(["dataset", "arch"]):
         several = grp["backend"].nunique() > 1
-        series = []
+        loss, val = [], []
         for (rule, backend, seed), g in grp.groupby(["rule", "backend", "seed"]):
             row = g.loc[_num(g, "T").fillna(0).idxmax()]
-            pts = _extra(row, "curve")
+            pts = _extra(row, "history")
             t = "" if pd.isna(row["T"]) else f", T={int(row['T'])}"
-            series.append({"label": f"{_label(rule, backend, several)} s{int(seed)}{t} (N={pts[-1]['n_test']})",
-                           "x": [float(p["epoch"]) for p in pts], "y": [float(p["accuracy"]) for p in pts]})
-        parts.append(line_chart(series, title=f"{dataset} / {arch}", xlabel="epoch", ylabel="test accuracy"))
+            label = f"{_label(rule, backend, several)} s{int(seed)}{t}"
+            lp = [p for p in pts if p.get("train_loss") is not None]
+            if lp:
+                loss.append({"label": label, "x": [float(p["epoch"]) for p in lp],
+                             "y": [float(p["train_loss"]) for p in lp]})
+            vp = [p for p in pts if p.get("val_accuracy") is not None]
+            if vp:
+                val.append({"label": label + f" (N={vp[-1].get('n_val')})", "x": [float(p["epoch"]) for p in vp],
+                            "y": [float(p["val_accuracy"]) for p in vp]})
+        if loss:
+            parts.append(line_chart(loss, title=f"{dataset} / {arch}: training loss", xlabel="epoch",
+                                    ylabel="mean training loss"))
+        if val:
+            parts.append(line_chart(val, title=f"{dataset} / {arch}: validation accuracy", xlabel="epoch",
+                                    ylabel="validation accuracy"))
     parts.append("</div>")
+    return parts
+
+
+def _comparison(df: pd.DataFrame) -> list[str]:
+    """The head-to-head tables (methods at T=4, T=16 and best T by validation; paired differences)."""
+    from suite.reports.comparison import FIXED_T, method_table, paired_table, skipped
+
+    if "val_accuracy" not in df or _num(df, "val_accuracy").isna().all():
+        return []
+    mt, pt, sk = method_table(df), paired_table(df), skipped(df)
+    if mt.empty:
+        return []
+    pct = lambda m, e: _pm(m, e, scale=100, digits=2)
+    parts = ["<h2 id='comparison'>Comparison: every method on the same network</h2>",
+             "<p class='note'>Test accuracy (%) as mean ± 95 % CI over seeds, at T=" + " and T=".join(map(str, FIXED_T))
+             + " and at each method's <b>best T, chosen on the validation split</b> (highest mean validation "
+             "accuracy; the test set is read once per run, at the end). SynOps, energy and training time at the "
+             "best T. Paired differences compare two methods seed by seed, each at its best T; a winner is named "
+             "only where the 95 % interval of the difference excludes zero.</p>"]
+    for (dataset, arch), g in mt.groupby(["dataset", "arch"], sort=True):
+        g = g.sort_values("acc_best", ascending=False).assign(
+            energy_nj=g["energy_pj"] / 1e3,
+            best=[("" if b is None or (isinstance(b, float) and math.isnan(b)) else str(int(b))) for b in g["best_T"]])
+        parts.append(f"<h3>{escape(str(dataset))} / {escape(str(arch))}</h3>")
+        parts.append(_table(g, ["method", "seeds", "acc_T4", "acc_T16", "best", "acc_best", "val_best", "synops",
+                                "energy_nj", "train_time_s"],
+                            {"acc_T4": lambda v: "", "acc_T16": lambda v: "", "acc_best": lambda v: "",
+                             "val_best": lambda v: f"{100 * v:.2f}", "synops": _qty, "energy_nj": _qty,
+                             "train_time_s": lambda v: f"{v:.1f}"},
+                            {"acc_T4": "T=4", "acc_T16": "T=16", "best": "best T (val)", "acc_best": "at best T",
+                             "val_best": "val. at best T", "synops": "SynOps / sample", "energy_nj": "energy (nJ)",
+                             "train_time_s": "training (s)"},
+                            cell_fmt={"acc_T4": pct("acc_T4", "acc_T4_ci"), "acc_T16": pct("acc_T16", "acc_T16_ci"),
+                                      "acc_best": pct("acc_best", "acc_best_ci")}))
+        p = pt[(pt["dataset"] == dataset) & (pt["arch"] == arch)] if len(pt) else pt
+        if len(p):
+            p = p.assign(diff_pp=100 * p["diff"], ci_pp=100 * p["ci95"])
+            parts.append("<details open><summary>Paired differences (A − B, percentage points)</summary>")
+            parts.append(_table(p, ["A", "T_A", "B", "T_B", "seeds", "diff_pp", "ci_pp", "verdict"],
+                                {"diff_pp": lambda v: f"{v:+.2f}", "ci_pp": lambda v: f"± {v:.2f}",
+                                 "T_A": lambda v: f"{int(v)}", "T_B": lambda v: f"{int(v)}"},
+                                {"diff_pp": "A − B", "ci_pp": "95 % CI"},
+                                row_class=lambda r: "front" if r["verdict"] not in ("no difference shown",
+                                                                                   "no common seeds") else ""))
+            parts.append("</details>")
+        s = sk[(sk["dataset"] == dataset) & (sk["arch"] == arch)] if len(sk) else sk
+        if len(s):
+            parts.append("<p class='note'>Could not run this network: " + "; ".join(
+                f"<b>{escape(str(r['rule']))}</b> ({escape(str(r['reason']))})" for _, r in s.iterrows()) + "</p>")
     return parts
 
 
@@ -463,13 +506,14 @@ def render(df: pd.DataFrame, sources: list[str], runs: list[dict], *, energy=Non
              f"<p class='note'>Energy model: <b>{escape(energy_name)}</b> — MAC {em.mac_pj:g} pJ, AC {em.ac_pj:g} pJ"
              + (f", neuron update {em.neuron_pj:g} pJ" if em.neuron_pj else "")
              + f"; {escape(em.source)}. Memory traffic is not included.</p>",
-             "<nav><a href='#acc-T'>accuracy vs T</a><a href='#acc-cost'>accuracy vs ops / energy</a>"
+             "<nav><a href='#comparison'>comparison</a><a href='#acc-T'>accuracy vs T</a><a href='#acc-cost'>accuracy vs ops / energy</a>"
              "<a href='#layers'>spike rates</a><a href='#summary'>summary</a><a href='#time'>time</a>"
              "<a href='#runs'>commands</a><a href='#rows'>rows</a></nav>"]
     summ = summarise(df) if len(df) else pd.DataFrame()
     if summ.empty:
         parts.append("<p>No successful rows.</p>")
     else:
+        parts += _comparison(df)
         parts += _accuracy_vs_T(summ)
         parts += _accuracy_vs_cost(summ, energy_name)
         parts += _layer_rates(df)

@@ -59,6 +59,12 @@ def matrix_from_args(args, host):
             valid = sorted({k for r in rules for k in host.rule(r).defaults})
             raise SystemExit(f"error: --set {', '.join(unknown)}: no selected rule has this option; "
                              f"valid: {', '.join(valid)}")
+    # --set values arrive as text: typed here, so that the same setting from a matrix file is the same cell
+    from dataclasses import replace
+
+    from suite.rule import check_options
+    entries = [replace(e, options=tuple(sorted((k, check_options(host.rule(e.rule), dict(e.options))[k])
+                                               for k, _ in e.options))) for e in entries]
     from suite.kernels import available_backends
     backends = tuple(args.backend.split(","))
     for backend in backends:
@@ -148,6 +154,10 @@ def cmd_results(args, host) -> int:
     from suite.results import COLUMNS, read_frame
 
     df = read_frame(*args.dirs)
+    if args.compare:
+        from suite.reports.comparison import markdown
+        print(markdown(df) if len(df) else "(no rows)")
+        return 0
     if args.csv:
         cols = [c for c in COLUMNS if c != "extra"] if not args.all else list(df.columns)
         df[cols].to_csv(sys.stdout, index=False)
@@ -257,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("dirs", nargs="+")
     rs.add_argument("--csv", action="store_true")
     rs.add_argument("--all", action="store_true", help="with --csv: every column, 'extra' included")
+    rs.add_argument("--compare", action="store_true",
+                    help="the head-to-head tables as Markdown: accuracy at T=4, T=16 and best T (chosen on "
+                         "validation) with 95 %% CI, SynOps, energy, training time, paired differences")
     rs.set_defaults(func=cmd_results)
 
     rp = sub.add_parser("report", help="write the self-contained HTML comparison report")

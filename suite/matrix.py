@@ -116,16 +116,20 @@ class _Where:
         self.text = text
 
     def line(self, key: str, table: str | None = None) -> int | None:
-        start = 0
+        """The line of ``key`` (within ``table`` where given), else of the table's header."""
+        start = header_line = 0
         if table:
             header = re.compile(r"^\s*\[\s*" + r"\s*\.\s*".join(
                 r'(?:"?%s"?)' % re.escape(p) for p in table.split(".")) + r"\s*\]")
-            start = next((i for i, ln in enumerate(self.lines) if header.match(ln)), 0)
+            header_line = next((i + 1 for i, ln in enumerate(self.lines) if header.match(ln)), 0)
+            start = header_line
         pat = re.compile(r'(^|[\s{,])"?' + re.escape(key) + r'"?\s*=')
         for i in range(start, len(self.lines)):
+            if table and i > start and self.lines[i].lstrip().startswith("["):
+                break
             if pat.search(self.lines[i].split("#", 1)[0]):
                 return i + 1
-        return None
+        return header_line or None
 
     def error(self, key: str, message: str, table: str | None = None) -> MatrixError:
         n = self.line(key.rsplit(".", 1)[-1], table)

@@ -50,6 +50,7 @@ class Context:
     steps_per_epoch: int = 1
     device: str = "cpu"
     data_kind: str = "static"          # "events": inputs are frames [B, T, C, H, W]
+    phase: str = "train"               # "train", "val" (validation passes) or "test" (the final pass)
 
 
 class Rule(abc.ABC):

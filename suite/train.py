@@ -130,11 +130,12 @@ def _validation_point(rule, model, ctx, x, y, timesteps, rows_T, device, bs, epo
     a run without it."""
     train_gen, ctx.generator = ctx.generator, torch.Generator().manual_seed(cell.seed * 1_000_003 + 4 + epoch)
     model.eval()
+    ctx.phase = "val"
     try:
         with torch.no_grad():
             correct = _count_correct(rule, model, ctx, x, y, timesteps, len(rows_T), device, max(bs, 256))
     finally:
-        ctx.generator = train_gen
+        ctx.generator, ctx.phase = train_gen, "train"
         model.train()
     acc = [float(c / max(len(y), 1)) for c in correct]
     if cell.curve is not None:  # asked for on the command line: show it as it comes
@@ -323,6 +324,7 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
     test = dataset.load("test", cell.data_root)
     xte, yte = test.x[:cell.limit_test], test.y[:cell.limit_test]
     model.eval()
+    ctx.phase = "test"
     ctx.generator.manual_seed(cell.seed * 1_000_003 + 3)
     T_max = max(timesteps) if timesteps else 1
     eval_bs = max(bs, 256)

@@ -168,8 +168,9 @@ def _counted_seed(plan: Plan, entry) -> int:
 
 def _pruner(plan: Plan):
     optuna = _require_optuna()
-    # no pruning before a quarter of the trials have finished or before the second epoch
-    return optuna.pruners.MedianPruner(n_startup_trials=max(2, plan.trials // 4), n_warmup_steps=1)
+    # no pruning before a quarter of the trials have finished, nor in the first half of a trial's epochs:
+    # a low learning rate starts slowly, and an early cut would tune for speed of start, not for accuracy
+    return optuna.pruners.MedianPruner(n_startup_trials=max(3, plan.trials // 4), n_warmup_steps=plan.epochs // 2)
 
 
 def _worker_main(plan: Plan, entry, worker: int) -> None:
@@ -212,6 +213,9 @@ def tune(matrix: Matrix, out, host, *, trials: int, epochs: int, limit_train: in
     t_all = time.perf_counter()
     for entry in entries:
         rule = host.rule(entry.rule)
+        if not rule.supports(host.arch(entry.arch), entry.dataset):
+            log(f"{plan.study_name(entry)}: skipped (the rule does not support this architecture)")
+            continue
         study = optuna.create_study(study_name=plan.study_name(entry), storage=storage, direction="maximize",
                                     load_if_exists=True)
         study.set_user_attr("budget", budget)
@@ -326,6 +330,8 @@ def write_tuned(plan: Plan, host, storage, entries, budget: dict, seconds: float
         if common:
             lines.append(f"options = {_inline(common)}")
         for e in es:
+            if not rule.supports(host.arch(e.arch), e.dataset):
+                continue  # run --matrix gives it a skipped row saying why
             study = optuna.load_study(study_name=plan.study_name(e), storage=storage)
             best = best_trial(study, plan.trials)
             own = {k: v for k, v in e.options if k not in common}

@@ -54,7 +54,7 @@ def test_results_csv_has_header_and_all_rows(tmp_path, capsys):
     write_cell(tmp_path, "cell1", rows)
     assert main(["results", str(tmp_path), "--csv"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("rule,paper,dataset,arch,encoding,backend,T,seed,accuracy,synops")
+    assert lines[0].startswith("rule,paper,dataset,arch,encoding,backend,T,seed,accuracy,val_accuracy,synops")
     assert len(lines) == 3 and lines[1].split(",")[6] == "1"
 
 
@@ -91,25 +91,31 @@ def test_data_check_reports_bad_file(tmp_path, capsys):
     assert "train-images-idx3-ubyte.gz: file not found" in capsys.readouterr().err
 
 
-def test_curve_adds_per_epoch_accuracy_without_changing_the_rows(tmp_path, capsys):
+def test_curve_reads_validation_only_and_never_changes_the_rows(tmp_path, capsys):
     base = ["run", "--rules", "surrogate_bptt_bn,cnn", "--dataset", "digits", "--arch", "mlp128",
             "--timesteps", "1,4", "--seeds", "0", "--epochs", "2", "--limit-train", "400", "--limit-test", "120",
             "--quiet"]
     assert main([*base, "--out", str(tmp_path / "plain")]) == 0
-    assert main([*base, "--out", str(tmp_path / "curve"), "--curve", "120"]) == 0
+    assert main([*base, "--out", str(tmp_path / "curve"), "--curve", "100"]) == 0
+    assert main([*base, "--out", str(tmp_path / "off"), "--curve", "0"]) == 0
     err = capsys.readouterr().err
-    assert "[curve] surrogate_bptt_bn/digits/mlp128 s0 epoch 2: T=1:" in err
-    plain, curve = read_frame(tmp_path / "plain"), read_frame(tmp_path / "curve")
-    # same cells (curve is not part of the identity) and the same training: identical measurements
-    pd.testing.assert_frame_equal(_stable(plain), _stable(curve))
-    for _, row in curve.iterrows():
-        points = row["extra"]["curve"]
-        assert [p["epoch"] for p in points] == [1, 2] and all(p["n_test"] == 120 for p in points)
-        # direct input: the last epoch's curve point on the whole (limited) test set is the row itself
-        assert points[-1]["accuracy"] == pytest.approx(row["accuracy"], abs=1e-9)
-    assert all("curve" not in row["extra"] for _, row in plain.iterrows())
-    with pytest.raises(SystemExit, match="--curve expects a positive number"):
-        main([*base, "--out", str(tmp_path / "bad"), "--curve", "0"])
+    assert "[val] surrogate_bptt_bn/digits/mlp128 s0 epoch 2: T=1:" in err and "(100 validation samples" in err
+    plain, curve, off = (read_frame(tmp_path / d) for d in ("plain", "curve", "off"))
+    # same cells (curve is not part of the identity) and the same training: identical test measurements
+    for other in (curve, off):
+        pd.testing.assert_frame_equal(_stable(plain)[["rule", "T", "accuracy", "val_accuracy", "synops"]],
+                                      _stable(other)[["rule", "T", "accuracy", "val_accuracy", "synops"]])
+    for _, row in plain.iterrows():
+        points = row["extra"]["history"]
+        assert [p["epoch"] for p in points] == [1, 2] and all(p["n_val"] == 144 for p in points)
+        assert all(p["train_loss"] > 0 for p in points)
+        # the last epoch's point on the whole validation split is the row's validation accuracy
+        assert points[-1]["val_accuracy"] == pytest.approx(row["val_accuracy"], abs=1e-9)
+        assert row["val_split"]["n_val"] == 144 and row["n_train"] == 400 and row["n_test"] == 120
+    assert all(p["n_val"] == 100 for _, r in curve.iterrows() for p in r["extra"]["history"])
+    assert all("val_accuracy" not in p for _, r in off.iterrows() for p in r["extra"]["history"])
+    with pytest.raises(SystemExit, match="--curve expects a number of validation samples >= 0"):
+        main([*base, "--out", str(tmp_path / "bad"), "--curve", "-1"])
 
 
 def test_timesteps_override_a_presets_sweep(tmp_path):

@@ -102,7 +102,10 @@ def _matrix():
 
 def _stable(path) -> pd.DataFrame:
     df = read_frame(path)
-    extra = df["extra"].map(lambda e: {k: v for k, v in e.items() if k != "eval_time_s"})
+    # timings are measurements, not results: the per-epoch history keeps its losses and accuracies
+    extra = df["extra"].map(lambda e: {k: v if k != "history" else [{h: x for h, x in p.items() if h != "train_time_s"}
+                                                                    for p in v]
+                                       for k, v in e.items() if k != "eval_time_s"})
     return df.drop(columns=VOLATILE).assign(extra=extra.map(repr))
 
 

@@ -5,7 +5,8 @@ import re
 import shlex
 from pathlib import Path
 
-from suite.cli import build_parser, _presets
+from suite.cli import build_parser
+from suite.matrix import select_presets
 from suite.host import create_host
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,7 +28,7 @@ def test_readme_main_job_parses_and_its_presets_exist():
     main_job = _readme_commands()[0]
     argv = shlex.split(main_job.split(".venv/bin/snn-suite", 1)[1])
     args = build_parser().parse_args(argv)
-    presets = _presets(create_host(), args.preset)
+    presets = select_presets(create_host(), args.preset)
     assert {p["dataset"] for p in presets} == {"digits"}
     assert {"cnn", "ann2snn", "surrogate_bptt_bn", "lee_bp", "spike_bp_dropout", "tssl_bp", "sstdp"} <= {
         p["rule"] for p in presets}

@@ -242,14 +242,16 @@ def test_tox_declares_any_matrix_env_in_one_shared_envdir():
     assert len({line for line in out.splitlines() if line.startswith("env_dir")}) == 1
 
 
-def test_learning_curves_section_only_for_runs_with_curves(tmp_path):
+def test_learning_curves_section_only_for_runs_with_history(tmp_path):
     base = {"dataset": "mnist", "arch": "fc800", "backend": "torch", "status": "ok", "epochs": 3}
-    curve = [{"epoch": e, "train_time_s": 1.0 * e, "n_test": 500, "accuracy": a} for e, a in ((1, 0.5), (2, 0.7), (3, 0.8))]
+    hist = [{"epoch": e, "train_time_s": 1.0 * e, "train_loss": 2.0 / e, "n_val": 500, "val_accuracy": a}
+            for e, a in ((1, 0.5), (2, 0.7), (3, 0.8))]
     write_cell(tmp_path / "a", "c1", [{**base, "rule": "lee_bp", "seed": 0, "T": t, "accuracy": 0.8,
-                                       "extra": {"curve": curve}} for t in (50, 1000)])
+                                       "extra": {"history": hist}} for t in (50, 1000)])
     write_cell(tmp_path / "a", "c2", [{**base, "rule": "cnn", "seed": 0, "T": None, "accuracy": 0.9, "extra": {}}])
     page = render(read_frame(tmp_path / "a"), ["a"], [])
     section = page[page.index("id='curves'"):page.index("id='summary'")]
     assert "lee_bp s0, T=1000 (N=500)" in section and "cnn" not in section
+    assert "training loss" in section and "validation accuracy" in section
     write_cell(tmp_path / "b", "c2", [{**base, "rule": "cnn", "seed": 0, "T": None, "accuracy": 0.9, "extra": {}}])
     assert "id='curves'" not in render(read_frame(tmp_path / "b"), ["b"], [])

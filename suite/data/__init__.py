@@ -87,10 +87,14 @@ def validation_split(dataset: Dataset, n_train: int) -> ValidationSplit:
     """The dataset's fixed validation split of its ``n_train`` training samples.
 
     Deterministic (seeded with :data:`VAL_SEED` and the dataset's name, never with a run seed);
-    ``dataset.val_size`` samples (or that fraction of them) go to validation, the rest to training.
-    Both index lists are sorted, so training order stays a matter of the run's own shuffle.
+    ``dataset.val_size`` samples (or that fraction of them) go to validation, the rest to training;
+    a count is meant for the full set, so a smaller copy (fewer than four times as many training
+    samples: a subset, a test fixture) holds out 10 % instead. Both index lists are sorted, so
+    training order stays a matter of the run's own shuffle.
     """
     size = dataset.val_size
+    if not (isinstance(size, float) and size < 1) and n_train < 4 * size:
+        size = 0.1
     n_val = int(round(size * n_train)) if isinstance(size, float) and size < 1 else int(size)
     if not 0 < n_val < n_train:
         raise ValueError(f"dataset {dataset.name!r}: validation size {size!r} leaves no training or no "

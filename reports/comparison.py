@@ -1,0 +1,156 @@
+"""The head-to-head view of a results folder: every method on the same dataset and network.
+
+Per (dataset, arch) and method: test accuracy at T=4, T=16 and at the method's best T with the
+95 % CI over seeds, SynOps and energy per sample and training time at that T. **Best T is chosen on
+validation** (the T with the highest mean validation accuracy; ties go to the smaller T), never on
+test. Paired differences compare two methods seed by seed at their best T; "A > B" is said only
+where the 95 % interval of the difference excludes zero (:func:`suite.stats.paired_difference`).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+
+import pandas as pd
+
+from suite.stats import ci95, paired_difference
+
+#: time steps every comparison table reports (besides the best T)
+FIXED_T = (4, 16)
+
+
+def _num(s) -> pd.Series:
+    return pd.to_numeric(s, errors="coerce")
+
+
+def method_label(rule: str, backend: str, several_backends: bool) -> str:
+    return f"{rule} [{backend}]" if several_backends else str(rule)
+
+
+def _methods(df: pd.DataFrame):
+    """Yield ``(dataset, arch, label, rows)`` for the ok rows of each method."""
+    ok = df[df["status"] == "ok"]
+    for (dataset, arch), grp in ok.groupby(["dataset", "arch"], sort=True):
+        several = grp["backend"].nunique() > 1
+        for (rule, backend), g in grp.groupby(["rule", "backend"], sort=True):
+            yield dataset, arch, method_label(rule, backend, several), g
+
+
+def best_T(g: pd.DataFrame):
+    """The method's T with the highest mean validation accuracy over seeds (None: no time steps,
+    or no validation rows -- then no best T is claimed)."""
+    if g["T"].isna().all():
+        return None
+    val = _num(g["val_accuracy"]) if "val_accuracy" in g else pd.Series(dtype=float)
+    if val.isna().all():
+        return math.nan
+    means = g.assign(_v=val).dropna(subset=["_v"]).groupby("T")["_v"].mean()
+    return int(max(means.index, key=lambda t: (round(means[t], 12), -t)))
+
+
+def _at(g: pd.DataFrame, T) -> pd.DataFrame:
+    if T is None:
+        return g
+    return g[_num(g["T"]) == T]
+
+
+def method_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (dataset, arch, method); accuracies in [0, 1]."""
+    out = []
+    for dataset, arch, label, g in _methods(df):
+        bt = best_T(g)
+        row = {"dataset": dataset, "arch": arch, "method": label, "seeds": int(g["seed"].nunique()),
+               "best_T": bt}
+        for T in FIXED_T:
+            at = _at(g, None if g["T"].isna().all() else T)
+            acc = _num(at["accuracy"])
+            row[f"acc_T{T}"], row[f"acc_T{T}_ci"] = (acc.mean(), ci95(acc)) if len(acc) else (math.nan, math.nan)
+        at = _at(g, bt) if not (isinstance(bt, float) and math.isnan(bt)) else g.iloc[0:0]
+        acc = _num(at["accuracy"])
+        row.update(acc_best=acc.mean() if len(acc) else math.nan, acc_best_ci=ci95(acc) if len(acc) else math.nan,
+                   val_best=_num(at["val_accuracy"]).mean() if len(at) else math.nan,
+                   synops=_num(at["synops"]).mean() if len(at) else math.nan,
+                   macs=_num(at["macs"]).mean() if len(at) else math.nan,
+                   energy_pj=_num(at["energy_pj"]).mean() if len(at) else math.nan,
+                   train_time_s=_num(at["train_time_s"]).mean() if len(at) else math.nan,
+                   train_time_ci=ci95(_num(at["train_time_s"])) if len(at) else math.nan,
+                   epochs=int(_num(at["epochs"]).max()) if len(at) and _num(at["epochs"]).notna().any() else None)
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def paired_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Every pair of methods on the same (dataset, arch), each at its own best T, paired by seed."""
+    per = {}
+    for dataset, arch, label, g in _methods(df):
+        bt = best_T(g)
+        if isinstance(bt, float) and math.isnan(bt):
+            continue
+        at = _at(g, bt)
+        per.setdefault((dataset, arch), []).append(
+            (label, bt, dict(zip(at["seed"].astype(int), _num(at["accuracy"])))))
+    out = []
+    for (dataset, arch), methods in per.items():
+        for (a, ta, acc_a), (b, tb, acc_b) in itertools.combinations(methods, 2):
+            d = paired_difference(acc_a, acc_b)
+            verdict = {"A > B": f"{a} > {b}", "A < B": f"{b} > {a}"}.get(d["verdict"], d["verdict"])
+            out.append({"dataset": dataset, "arch": arch, "A": a, "T_A": ta, "B": b, "T_B": tb, "seeds": d["n"],
+                        "diff": d["mean"], "ci95": d["ci95"], "low": d["low"], "high": d["high"],
+                        "verdict": verdict})
+    return pd.DataFrame(out)
+
+
+def skipped(df: pd.DataFrame) -> pd.DataFrame:
+    """Methods that could not run a network, with the reason (one line per rule, dataset, arch)."""
+    s = df[df["status"] == "skipped"]
+    if s.empty:
+        return s
+    s = s.assign(reason=s["error"].fillna("").astype(str).str.split("\n").str[0])
+    return s.drop_duplicates(["dataset", "arch", "rule"])[["dataset", "arch", "rule", "reason"]]
+
+
+def _pct(m, e=None) -> str:
+    if m is None or (isinstance(m, float) and math.isnan(m)):
+        return "—"
+    return f"{100 * m:.2f}" + (f" ± {100 * e:.2f}" if e is not None and not math.isnan(e) and e > 0 else "")
+
+
+def _qty(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    v = float(f"{v:.3g}")
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:g}"
+
+
+def markdown(df: pd.DataFrame) -> str:
+    """The comparison as Markdown tables (what README quotes), one block per dataset and network."""
+    mt, pt, sk = method_table(df), paired_table(df), skipped(df)
+    lines = []
+    for (dataset, arch), g in mt.groupby(["dataset", "arch"], sort=True):
+        n = int(g["seeds"].max())
+        lines += [f"**{dataset} / {arch}** (test accuracy %, mean ± 95 % CI over {n} seeds; best T chosen on "
+                  "validation)", "",
+                  "| method | T=4 | T=16 | best T | at best T | SynOps | energy (nJ) | training (s) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for _, r in g.sort_values("acc_best", ascending=False).iterrows():
+            bt = "—" if r["best_T"] is None or (isinstance(r["best_T"], float) and math.isnan(r["best_T"])) \
+                else str(int(r["best_T"]))
+            lines.append(f"| {r['method']} | {_pct(r['acc_T4'], r['acc_T4_ci'])} | {_pct(r['acc_T16'], r['acc_T16_ci'])} "
+                         f"| {bt} | {_pct(r['acc_best'], r['acc_best_ci'])} | {_qty(r['synops'])} "
+                         f"| {_qty(r['energy_pj'] / 1e3 if r['energy_pj'] == r['energy_pj'] else math.nan)} "
+                         f"| {_qty(r['train_time_s'])} |")
+        p = pt[(pt["dataset"] == dataset) & (pt["arch"] == arch)] if len(pt) else pt
+        shown = p[~p["verdict"].isin(["no difference shown", "no common seeds"])] if len(p) else p
+        if len(p):
+            lines += ["", f"Paired differences at best T ({len(shown)} of {len(p)} pairs with an interval that "
+                          "excludes zero):" if len(shown) else
+                      f"Paired differences at best T: none of the {len(p)} pairs has an interval that excludes zero."]
+            for _, r in shown.iterrows():
+                lines.append(f"- {r['verdict']}: {100 * abs(r['diff']):.2f} points "
+                             f"(95 % CI {100 * abs(r['diff']) - 100 * r['ci95']:.2f} to "
+                             f"{100 * abs(r['diff']) + 100 * r['ci95']:.2f}, {r['seeds']} seeds)")
+        s = sk[(sk["dataset"] == dataset) & (sk["arch"] == arch)] if len(sk) else sk
+        for _, r in s.iterrows():
+            lines.append(f"- {r['rule']}: skipped ({r['reason']})")
+        lines.append("")
+    return "\n".join(lines)
