@@ -779,7 +779,7 @@ PRESETS = [
      "timesteps": [16, 32, 64, 128, 255], "epochs": 100, "batch_size": 64,
      "options": {"init_range": "5,48", "weight_decay": 1e-6, "lr_schedule": "cosine"},
      "note": "sstdp/mnist with a cosine lr decay (ours, not in the paper or code); measured with the old "
-             "re-initialisation on (95.27 % mean, benchmarks/results/sstdp/mnist-cosine-reinit)"},
+             "re-initialisation on (95.27 % mean; those superseded rows left the tree, git history keeps them: commit f08bd5e, benchmarks/results/sstdp/mnist-cosine-reinit)"},
     {"name": "sstdp/mnist-cpu", "rule": "sstdp", "dataset": "mnist", "arch": "sstdp_mlp400",
      "timesteps": [16, 32, 64, 128, 255], "epochs": 20, "batch_size": 64,
      "options": {"init_range": "5,48", "weight_decay": 1e-6},

@@ -7,7 +7,7 @@ encoder, MSE to the paper's time targets, ``loss.backward()``, SGD lr 10, wd 1e-
 batch). After each step this prints whether the output spike times agree and the largest weight
 difference.
 
-    python benchmarks/results/sstdp/check_official.py --official /path/to/SNN-SSTDP/code \
+    python benchmarks/scripts/sstdp_check_official.py --official /path/to/SNN-SSTDP/code \
         --data-root /work/shared/data --steps 30
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """spike_bp_dropout diagnostic with MNIST mean/std input normalisation (tuple options cannot be
 passed through `--set` here): lenet5, T = 8, 1 epoch on the first 10 k training samples, 2 k test.
-Usage: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/results/spike_bp_dropout/diag_norm.py"""
+Usage: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scripts/spike_bp_dropout_diag_norm.py"""
 import json, sys, torch
 from suite.train import Cell, run_cell
 torch.set_num_threads(1)

@@ -1,7 +1,7 @@
 """Short lee_bp diagnostic (not part of the suite): the mnist-cpu preset's options plus JSON
 overrides, one pass over N random training samples (batch 32, seed 0), hidden/output activity
 every 150 updates on 300 test digits at T = 50, then accuracy on the first 2000 test digits at
-T = 50 / 200 / 1000.  Usage: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/results/lee_bp/diag_activity.py '{"lr": 0.0003}' 20000"""
+T = 50 / 200 / 1000.  Usage: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/scripts/lee_bp_diag_activity.py '{"lr": 0.0003}' 20000"""
 import torch, math, sys, json, time
 from suite.host import create_host
 from suite.rule import Context, check_options
