@@ -641,7 +641,9 @@ def snn_suite_presets():
          "timesteps": [50, 100, 200, 500, 1000], "epochs": 16, "batch_size": 32, "options": dict(CPU_OPTIONS),
          "note": "CPU variant: 16 epochs, Adam (eta_theta = eta_w) on batches of 32, lr decay exp(-1/10) per "
                  "epoch, hidden kappa -0.1; same network, input, "
-                 "windows (50 ms training, up to 1 s test) and gradient as the paper"},
+                 "windows (50 ms training, up to 1 s test) and gradient as the paper. CHOSEN ON TEST-SET curves "
+                 "(--curve read test accuracy before the validation split existed); not yet re-chosen on "
+                 "validation"},
         {"name": "lee_bp/nmnist", "rule": "lee_bp", "dataset": "nmnist", "arch": "fc800",
          "timesteps": [10, 20, 30], "epochs": 150, "batch_size": 1, "options": {"T": 30, "tau_mp": 20.0},
          "note": "paper (Frontiers): N-MNIST 34x34x2-800-10, 98.66 % (v1: 500 hidden, 98.53 %); on/off "

@@ -658,7 +658,8 @@ def snn_suite_presets():
          "options": {"T": 20, "input_gain": 1.0, "lr_milestones": (4,)},
          "note": "CPU reduction (~35 min per seed on one idle core, --backend fused): unpadded LeNet, T=20, "
                  "input spike probability |x| (not |x|/2), batch 32, 5 epochs with lr x0.2 for the last; "
-                 "T and epochs chosen on an H100 screen (T 8-50 x 2-8 epochs, see COMMANDS.md)"},
+                 "T and epochs chosen on an H100 screen (T 8-50 x 2-8 epochs, see COMMANDS.md) of TEST-SET "
+                 "accuracy (before the validation split existed); not yet re-chosen on validation"},
         {"name": "spike_bp_dropout/cifar10-vgg9", "rule": "spike_bp_dropout", "dataset": "cifar10",
          "arch": "spikebp_vgg9", "timesteps": [25, 50, 100], "epochs": 150, "batch_size": 16,
          "options": {**_CIFAR, "T": 100, "lr": 0.0033, "dropout": 0.2},

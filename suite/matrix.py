@@ -37,7 +37,7 @@ import fnmatch
 import hashlib
 import re
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -325,10 +325,3 @@ def coerce_option(rule, key: str, value):
     if not ok:
         raise ValueError(f"expected a value like the default {d!r} ({type(d).__name__}), got {value!r}")
     return value
-
-
-def with_options(matrix: Matrix, rule: str, arch: str, options: dict) -> Matrix:
-    """A copy of ``matrix`` whose entries for ``rule`` on ``arch`` carry ``options`` on top of their own."""
-    entries = [replace(e, options=tuple(sorted({**dict(e.options), **options}.items())))
-               if e.rule == rule and e.arch == arch else e for e in matrix.entries]
-    return replace(matrix, entries=entries)

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from suite.matrix import Matrix, MatrixError, coerce_option
@@ -92,7 +91,7 @@ class Plan:
 
 
 def _storage(path: Path):
-    optuna = _require_optuna()
+    _require_optuna()
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     return JournalStorage(JournalFileBackend(str(path)))
@@ -147,23 +146,17 @@ def _work(plan: Plan, entry, worker: int) -> None:
     from suite.host import create_host
 
     host = create_host()
-    study = optuna.load_study(study_name=plan.study_name(entry), storage=_storage(plan.storage_path),
-                              sampler=optuna.samplers.TPESampler(seed=plan.seed * 1000 + worker + _counted_seed(plan, entry)),
+    storage = _storage(plan.storage_path)
+    name = plan.study_name(entry)
+    # seeded per worker and by the trials already there, so a resumed study draws new points
+    seed = plan.seed * 1000 + worker * 100_003 + len(optuna.load_study(study_name=name, storage=storage).trials)
+    study = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.TPESampler(seed=seed),
                               pruner=_pruner(plan))
     objective = _objective(plan, entry, host)
     running = optuna.trial.TrialState.RUNNING
     with torch_threads(1 if os.environ.get("SNN_SUITE_TUNE_WORKER") else None):
         while _counted(study) + len(study.get_trials(deepcopy=False, states=(running,))) < plan.trials:
             study.optimize(objective, n_trials=1, catch=())
-
-
-def _counted_seed(plan: Plan, entry) -> int:
-    # a resumed study draws new points, not the ones its first run already drew
-    optuna = _require_optuna()
-    try:
-        return len(optuna.load_study(study_name=plan.study_name(entry), storage=_storage(plan.storage_path)).trials)
-    except KeyError:
-        return 0
 
 
 def _pruner(plan: Plan):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from suite.cli import build_parser, main, matrix_from_args
-from suite.data import Dataset, Split, validation_split
+from suite.data import Dataset, validation_split
 from suite.hookspecs import hookimpl
 from suite.host import create_host
 from suite.matrix import MatrixError, load_matrix
