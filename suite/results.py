@@ -61,12 +61,17 @@ def cell_done(out_dir: Path, cell_id: str) -> bool:
 
 
 def read_rows(*dirs) -> list[dict]:
+    """Rows from results directories (``DIR/cells/*.jsonl``) and result files (see :func:`read_file`)."""
     rows = []
     for d in dirs:
         d = Path(d)
+        if d.is_file():
+            rows.extend({**row, "source": str(d)} for row in read_file(d))
+            continue
         files = sorted(f for f in (d / "cells").glob("*.jsonl") if not f.name.startswith(".")) if (d / "cells").is_dir() else []
         if not files and not d.is_dir():
-            raise FileNotFoundError(f"{d}: no such results directory")
+            raise FileNotFoundError(f"{d}: no such results directory or file (expected a directory written by "
+                                    f"`snn-suite run --out`, or a {', '.join(FILE_FORMATS)} file of result rows)")
         for f in files:
             for n, line in enumerate(f.read_text().splitlines(), 1):
                 if not line.strip():
@@ -80,6 +85,42 @@ def read_rows(*dirs) -> list[dict]:
                                      f"{SCHEMA_VERSION}; upgrade snn-suite")
                 row["source"] = str(d)
                 rows.append(row)
+    return rows
+
+
+FILE_FORMATS = (".csv", ".parquet", ".jsonl")
+#: columns a file must have to be read as result rows
+REQUIRED = ("rule", "dataset", "arch", "status")
+
+
+def read_file(path: Path) -> list[dict]:
+    """Rows of one result file in the row schema: CSV (``snn-suite results --csv``), Parquet, or
+    JSON Lines (a cell file). Raises ValueError saying what is expected."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".jsonl": lambda p: pd.read_json(p, lines=True)}
+    if suffix not in readers:
+        raise ValueError(f"{path}: not a result file; expected a results directory or a "
+                         f"{', '.join(FILE_FORMATS)} file of result rows")
+    try:
+        df = readers[suffix](path)
+    except Exception as exc:  # pandas / pyarrow parse errors
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise ValueError(f"{path}: cannot be read as {suffix[1:]} ({type(exc).__name__}: {first})") from None
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: not result rows: no column(s) {', '.join(missing)} (expected the row schema "
+                         f"of `snn-suite results --csv`: {', '.join(COLUMNS[:9])}, ...)")
+    rows = df.astype(object).where(df.notna(), None).to_dict("records")
+    for row in rows:
+        if row.get("schema_version") is not None and int(row["schema_version"]) > SCHEMA_VERSION:
+            raise ValueError(f"{path}: schema_version {row['schema_version']} is newer than this suite's "
+                             f"{SCHEMA_VERSION}; upgrade snn-suite")
+        if isinstance(row.get("extra"), str):
+            try:
+                row["extra"] = json.loads(row["extra"])
+            except json.JSONDecodeError:
+                row["extra"] = None
     return rows
 
 

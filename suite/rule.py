@@ -205,13 +205,35 @@ def check_options(rule: Rule, options: dict[str, Any]) -> dict[str, Any]:
     for k, v in options.items():
         d = rule.defaults[k]
         if isinstance(d, bool) and isinstance(v, str):
-            v = v.lower() in ("1", "true", "yes", "on")
+            v = _parse_bool(rule.name, k, v)
         elif isinstance(d, (int, float)) and not isinstance(d, bool) and isinstance(v, str):
-            v = type(d)(float(v)) if isinstance(d, int) and float(v).is_integer() else float(v)
+            v = _parse_number(rule.name, k, v, d)
         elif isinstance(d, (tuple, list)) and isinstance(v, str):
             v = _parse_sequence(rule.name, k, v)
         hp[k] = v
     return hp
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _parse_bool(rule: str, key: str, text: str) -> bool:
+    word = text.strip().lower()
+    if word not in _TRUE + _FALSE:
+        raise ValueError(f"rule {rule!r} option {key!r}: expected true or false (or yes/no, on/off, 1/0), "
+                         f"got {text!r}")
+    return word in _TRUE
+
+
+def _parse_number(rule: str, key: str, text: str, default: int | float) -> int | float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"rule {rule!r} option {key!r}: expected a number such as {default!r}, "
+                         f"got {text!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"rule {rule!r} option {key!r}: expected a finite number, got {text!r}")
+    return int(value) if isinstance(default, int) and value.is_integer() else value
 
 
 def _parse_sequence(rule: str, key: str, text: str) -> tuple:
