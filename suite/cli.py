@@ -86,8 +86,9 @@ def matrix_from_args(args, host):
 
 
 def cmd_run(args, host) -> int:
+    from suite.executors import run_matrix
     from suite.results import write_run_meta
-    from suite.train import environment, run_matrix
+    from suite.train import environment
 
     command = "snn-suite " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if args.matrix:

@@ -358,15 +358,4 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
     return rows
 
 
-def run_matrix(cells: list[Cell], out_dir: Path, **kwargs) -> list[dict]:
-    """Run every cell and write its rows atomically as it finishes; returns all rows written.
-
-    Keyword arguments (``resume``, ``executor`` = local / processes / ray, ``jobs``,
-    ``max_retries``, ``ray_address``, ...) are those of :func:`suite.executors.run_matrix`.
-    """
-    from suite.executors import run_matrix as _run_matrix
-
-    return _run_matrix(cells, out_dir, **kwargs)
-
-
-__all__ = ["Cell", "StopCell", "run_cell", "run_matrix", "environment", "seed_everything"]
+__all__ = ["Cell", "StopCell", "run_cell", "environment", "seed_everything"]

@@ -81,7 +81,7 @@ class _TestRules:
 
 def test_nan_guard_and_crashing_plugin_give_rows_and_the_rest_goes_on(tmp_path):
     from suite.results import read_frame
-    from suite.train import run_matrix
+    from suite.executors import run_matrix
 
     host = create_host(extra_plugins=[("test_rules", _TestRules())])
     import suite.host as host_mod
