@@ -146,17 +146,20 @@ def cmd_plugins(args, host) -> int:
                       "version": r.version, "distribution": getattr(r, "distribution", "")})
     broken = [{"plugin": p.name, "module": p.module, "distribution": p.distribution, "error": p.error}
               for p in host.broken()]
+    unavailable = host.unavailable_presets()
     if args.json:
         print(json.dumps({"rules": rules, "broken": broken,
                           "datasets": sorted(host.datasets), "archs": sorted(host.archs),
-                          "presets": sorted(host.presets)}, indent=2))
+                          "presets": sorted(host.presets), "unavailable_presets": unavailable}, indent=2))
         return 0
     for r in rules:
         print(f"{r['name']:<20} {r['neuron']:<5} v{r['version']:<8} [{r['distribution']}]\n    {r['paper']}")
     print(f"\ndatasets: {', '.join(sorted(host.datasets))}")
     print(f"archs:    {', '.join(sorted(host.archs))}")
     if host.presets:
-        print(f"presets:  {', '.join(sorted(host.presets))}")
+        print(f"presets:  {', '.join(n + (' (unavailable)' if n in unavailable else '') for n in sorted(host.presets))}")
+    for name, why in unavailable.items():
+        print(f"unavailable preset {name}: {why}")
     for b in broken:
         print(f"\nBROKEN plugin {b['plugin']} ({b['module']}, {b['distribution']}): {b['error']}")
     return 0
@@ -171,7 +174,7 @@ def cmd_results(args, host) -> int:
         print(markdown(df) if len(df) else "(no rows)")
         return 0
     if args.csv:
-        cols = [c for c in COLUMNS if c != "extra"] if not args.all else list(df.columns)
+        cols = [c for c in COLUMNS if c not in ("hp", "extra")] if not args.all else list(df.columns)
         df[cols].to_csv(sys.stdout, index=False)
     else:
         show = ["rule", "dataset", "arch", "T", "seed", "status", "accuracy", "synops", "macs", "train_time_s"]
@@ -290,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("dirs", nargs="+", metavar="PATH",
                     help="results directories (written by `run --out`) or result files (.csv, .parquet, .jsonl)")
     rs.add_argument("--csv", action="store_true", help="print CSV instead of a table")
-    rs.add_argument("--all", action="store_true", help="with --csv: every column, 'extra' included")
+    rs.add_argument("--all", action="store_true", help="with --csv: every column, 'hp' and 'extra' included")
     rs.add_argument("--compare", action="store_true",
                     help="the head-to-head tables as Markdown: accuracy at T=4, T=16 and best T (chosen on "
                          "validation) with 95 %% CI, SynOps, energy, training time, paired differences")

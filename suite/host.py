@@ -192,6 +192,18 @@ class Host:
             names += [m for m in matched if m not in names]
         return names
 
+    def unavailable_presets(self) -> dict[str, str]:
+        """Presets that cannot run here, with the reason: their rule, dataset or architecture is
+        not installed (its plugin is missing or broken)."""
+        out = {}
+        for name, p in sorted(self.presets.items()):
+            missing = [f"{kind} {p[key]!r}" for key, kind, registry in
+                       (("rule", "rule", self.rules), ("dataset", "dataset", self.datasets),
+                        ("arch", "architecture", self.archs)) if p[key] not in registry]
+            if missing:
+                out[name] = f"needs {' and '.join(missing)}, not installed"
+        return out
+
     def broken(self) -> list[PluginInfo]:
         return [p for p in self.plugins if not p.ok]
 

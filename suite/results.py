@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-#: 2: validation split (val_accuracy, val_split) and extra.history; rows of version 1 still read
-SCHEMA_VERSION = 2
+#: 2: validation split (val_accuracy, val_split) and extra.history; 3: rows carry ``device`` and the
+#: resolved hyper-parameters ``hp``. Rows of older versions still read (the new columns empty).
+SCHEMA_VERSION = 3
 
 #: row columns, in order (ARCHITECTURE.md's schema plus status, error and bookkeeping)
 COLUMNS = [
@@ -23,7 +24,7 @@ COLUMNS = [
     "synops", "macs", "energy_pj", "spikes_per_sample", "train_time_s", "samples_per_s",
     "peak_mem_mb", "suite_version", "plugin_version", "config_hash", "status", "error",
     "epochs", "train_T", "n_train", "n_test", "val_split", "cell_id", "preset", "command", "finished_at",
-    "schema_version", "extra",
+    "device", "hp", "schema_version", "extra",
 ]
 FINAL_STATUSES = ("ok", "nan", "skipped")
 
@@ -73,19 +74,28 @@ def read_rows(*dirs) -> list[dict]:
             raise FileNotFoundError(f"{d}: no such results directory or file (expected a directory written by "
                                     f"`snn-suite run --out`, or a {', '.join(FILE_FORMATS)} file of result rows)")
         for f in files:
-            for n, line in enumerate(f.read_text().splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{f}: line {n} is not valid JSON ({exc})") from exc
-                if row.get("schema_version", 0) > SCHEMA_VERSION:
-                    raise ValueError(f"{f}: schema_version {row['schema_version']} is newer than this suite's "
-                                     f"{SCHEMA_VERSION}; upgrade snn-suite")
-                row["source"] = str(d)
-                rows.append(row)
+            rows.extend({**row, "source": str(d)} for row in _jsonl_rows(f))
     return rows
+
+
+def _jsonl_rows(f: Path) -> list[dict]:
+    rows = []
+    for n, line in enumerate(f.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{f}: line {n} is not valid JSON ({exc})") from exc
+        rows.append(_check_schema(f, row))
+    return rows
+
+
+def _check_schema(f: Path, row: dict) -> dict:
+    if (row.get("schema_version") or 0) > SCHEMA_VERSION:
+        raise ValueError(f"{f}: schema_version {row['schema_version']} is newer than this suite's "
+                         f"{SCHEMA_VERSION}; upgrade snn-suite")
+    return row
 
 
 FILE_FORMATS = (".csv", ".parquet", ".jsonl")
@@ -98,24 +108,27 @@ def read_file(path: Path) -> list[dict]:
     JSON Lines (a cell file). Raises ValueError saying what is expected."""
     path = Path(path)
     suffix = path.suffix.lower()
-    readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet, ".jsonl": lambda p: pd.read_json(p, lines=True)}
-    if suffix not in readers:
+    readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet}
+    if suffix == ".jsonl":
+        rows = _jsonl_rows(path)
+        columns = set().union(*rows)
+    elif suffix in readers:
+        try:
+            df = readers[suffix](path)
+        except Exception as exc:  # pandas / pyarrow parse errors
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise ValueError(f"{path}: cannot be read as {suffix[1:]} ({type(exc).__name__}: {first})") from None
+        columns = set(df.columns)
+        rows = df.astype(object).where(df.notna(), None).to_dict("records")
+    else:
         raise ValueError(f"{path}: not a result file; expected a results directory or a "
                          f"{', '.join(FILE_FORMATS)} file of result rows")
-    try:
-        df = readers[suffix](path)
-    except Exception as exc:  # pandas / pyarrow parse errors
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise ValueError(f"{path}: cannot be read as {suffix[1:]} ({type(exc).__name__}: {first})") from None
-    missing = [c for c in REQUIRED if c not in df.columns]
-    if missing:
+    missing = [c for c in REQUIRED if c not in columns]
+    if rows and missing:
         raise ValueError(f"{path}: not result rows: no column(s) {', '.join(missing)} (expected the row schema "
                          f"of `snn-suite results --csv`: {', '.join(COLUMNS[:9])}, ...)")
-    rows = df.astype(object).where(df.notna(), None).to_dict("records")
     for row in rows:
-        if row.get("schema_version") is not None and int(row["schema_version"]) > SCHEMA_VERSION:
-            raise ValueError(f"{path}: schema_version {row['schema_version']} is newer than this suite's "
-                             f"{SCHEMA_VERSION}; upgrade snn-suite")
+        _check_schema(path, row)
         if isinstance(row.get("extra"), str):
             try:
                 row["extra"] = json.loads(row["extra"])
