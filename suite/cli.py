@@ -123,6 +123,7 @@ def cmd_tune(args, host) -> int:
     from suite.tune import tune
 
     matrix = load_matrix(args.matrix, host)
+    check_cells(host, matrix.cells(data_root=args.data_root, device=args.device))
     if args.rules:
         keep = set(host.select_rules(args.rules))
         matrix.entries = [e for e in matrix.entries if e.rule in keep]
@@ -274,12 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--matrix", required=True, metavar="FILE.toml", help="the matrix whose rules are tuned")
     t.add_argument("--out", required=True, help="folder for the studies (study.journal), trial rows and tuned.toml")
     t.add_argument("--rules", help="tune only these rules of the matrix (names or patterns)")
-    t.add_argument("--trials", type=int, help="trials per rule and architecture (default: the matrix's [tune])")
-    t.add_argument("--epochs", type=int, help="epochs per trial (default: the matrix's [tune])")
-    t.add_argument("--limit-train", type=int, help="training samples per trial (default: all but validation)")
-    t.add_argument("--limit-val", type=int, help="validation samples per trial (default: the whole split)")
+    t.add_argument("--trials", type=positive_int, help="trials per rule and architecture (default: the matrix's [tune])")
+    t.add_argument("--epochs", type=positive_int, help="epochs per trial (default: the matrix's [tune])")
+    t.add_argument("--limit-train", type=positive_int, help="training samples per trial (default: all but validation)")
+    t.add_argument("--limit-val", type=positive_int, help="validation samples per trial (default: the whole split)")
     t.add_argument("--seed", type=int, help="training seed of the trials and the sampler (default 0)")
-    t.add_argument("--jobs", type=int, default=1, help="trials run at a time, in worker processes")
+    t.add_argument("--jobs", type=positive_int, default=1, help="trials run at a time, in worker processes")
     t.add_argument("--resume", action="store_true", help="continue the studies in --out")
     t.add_argument("--data-root", help="dataset root (default $SNN_SUITE_DATA or ~/.cache/snn-suite/data)")
     t.add_argument("--device", default="cpu", help="torch device of the trials")

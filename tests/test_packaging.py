@@ -23,9 +23,10 @@ def test_test_and_heavy_optional_tools_are_extras_not_runtime_dependencies():
     runtime = _names(PYPROJECT["project"]["dependencies"])
     extras = {k: _names(v) for k, v in PYPROJECT["project"]["optional-dependencies"].items()}
     assert not runtime & {"pytest", "pytest-benchmark", "ray", "tox", "snntorch", "norse"}
-    assert extras["ray"] == {"ray"}
+    assert extras["ray"] == {"ray"} and extras["tune"] == {"optuna"}
+    assert "optuna" not in runtime
     # README's test command installs [test]: everything the tests import beyond the runtime
-    assert {"pytest", "ray", "neurobench", "spikingjelly", "tox"} <= extras["test"]
+    assert {"pytest", "ray", "optuna", "neurobench", "spikingjelly", "tox"} <= extras["test"]
     assert {"pytest-benchmark", "snntorch", "norse", "spikingjelly"} <= extras["peers"]
     assert PYPROJECT["project"]["version"] == suite.__version__
 

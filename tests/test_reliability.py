@@ -16,11 +16,11 @@ command line   --epochs -1 / 0, --batch-size 0, --jobs 0, --max-retries -1, --li
                --seeds a, --timesteps 0, --set without '=', unknown --set key, --set lr=abc,
                --set batch_norm=maybe, a preset's option by --set, --device gpu / cuda:99,
                unknown rule / dataset / arch / preset / backend, a preset whose dataset is not
-               installed, --executor ray without Ray, no --rules nor --preset, --debug keeps the
-               traceback; none of them starts a cell
+               installed, --executor ray without Ray, no --rules nor --preset, a missing matrix
+               file or one with an unknown key, --debug keeps the traceback; none starts a cell
 data           missing MNIST files, a checksum mismatch, a malformed SHA256SUMS, no N-MNIST, no
                CIFAR-10, `data check` naming the bad file
-results files  missing path, empty directory (report and results), a committed CSV, a Parquet
+results files  missing path, empty directory (report and results), a CSV of committed rows, a Parquet
                and a JSONL file, a file of another kind, a CSV or JSONL file without the row
                schema, an unreadable Parquet, a cut JSON line, a newer schema, rows of schema 1
 interruption   Ctrl-C mid-matrix keeps the finished cells and --resume runs only the rest; a
@@ -286,7 +286,8 @@ BAD_RUNS = {
     "unknown preset": (["--preset", "cnn/digitz"], ["unknown preset 'cnn/digitz'; valid: "]),
     "preset not installed": (["--preset", "sstdp/caltech101"],
                              ["--preset sstdp/caltech101: needs dataset 'caltech101', not installed"]),
-    "unknown backend": (["--rules", "cnn", "--backend", "warp"], ["--backend 'warp': unknown backend; valid: "]),
+    "matrix file missing": (["--matrix", "{tmp}/none.toml"], ["none.toml: cannot read matrix file"]),
+    "matrix file, unknown key": (["--matrix", "{tmp}/bad.toml"], ["bad.toml:2: seed: unknown key; valid keys: "]),
 }
 
 
@@ -294,6 +295,7 @@ BAD_RUNS = {
 def test_a_bad_run_stops_before_any_cell_with_one_line(case, capsys, tmp_path):
     argv, parts = BAD_RUNS[case]
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    (tmp_path / "bad.toml").write_text('rules = ["cnn"]\nseed = [0]\ndatasets = ["digits"]\narchs = ["mlp128"]\n')
     assert main(["run", *argv, "--out", str(tmp_path / "out")]) == 2
     _one_line_error(capsys, *parts)
     assert not (tmp_path / "out" / "cells").exists()
@@ -304,12 +306,21 @@ def test_a_bad_run_stops_before_any_cell_with_one_line(case, capsys, tmp_path):
     (["--rules", "cnn", "--timesteps", "0"], "--timesteps expects positive integers, got '0'"),
     (["--rules", "cnn", "--set", "lr"], "--set expects KEY=VALUE, got 'lr'"),
     (["--rules", "surrogate_bptt_bn", "--set", "alhpa=3"], "--set alhpa: no selected rule has this option"),
-    ([], "give --rules (or --preset)"),
+    (["--rules", "cnn", "--backend", "warp"], "unknown backend 'warp'; valid: "),
+    ([], "give --rules, --preset or --matrix"),
 ])
 def test_malformed_lists_and_missing_choices(argv, message, tmp_path):
     with pytest.raises(SystemExit, match=message.replace("(", r"\(").replace(")", r"\)")):
         main(["run", *argv, "--out", str(tmp_path)])
     assert not (tmp_path / "cells").exists()
+
+
+def test_tune_checks_the_device_before_any_trial(tmp_path, capsys):
+    (tmp_path / "m.toml").write_text('rules = ["cnn"]\ndatasets = ["digits"]\narchs = ["mlp128"]\n')
+    assert main(["tune", "--matrix", str(tmp_path / "m.toml"), "--out", str(tmp_path / "t"), "--trials", "1",
+                 "--epochs", "1", "--device", "gpu"]) == 2
+    _one_line_error(capsys, "--device 'gpu': expected cpu, cuda or cuda:N")
+    assert not (tmp_path / "t").exists()
 
 
 def test_executor_ray_without_ray_names_the_extra(monkeypatch, capsys, tmp_path):
@@ -382,11 +393,15 @@ def test_missing_and_empty_result_paths(command, tmp_path, capsys):
     assert not (Path.cwd() / "report.html").exists() or command == "results"
 
 
-def test_a_committed_csv_is_read_by_results_and_report(tmp_path, capsys):
-    csv = ROOT / "benchmarks" / "results" / "tssl_bp" / "mnist_cpu.csv"
-    n = len(pd.read_csv(csv))
+def test_a_csv_of_committed_rows_is_read_by_results_and_report(tmp_path, capsys):
+    committed = ROOT / "benchmarks" / "results" / "tssl_bp" / "mnist_cpu"
+    assert main(["results", str(committed), "--csv"]) == 0
+    csv = tmp_path / "mnist_cpu.csv"
+    csv.write_text(capsys.readouterr().out)
+    n = len(read_frame(committed))
+    assert len(pd.read_csv(csv)) == n > 0
     assert main(["results", str(csv), "--csv"]) == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) == n + 1
+    assert capsys.readouterr().out == csv.read_text()
     assert main(["report", str(csv), "-o", str(tmp_path / "r.html")]) == 0
     assert "tssl_bp" in (tmp_path / "r.html").read_text()
 
