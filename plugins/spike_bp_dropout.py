@@ -581,6 +581,10 @@ class SpikeBPDropout(Rule):
     def backends(self):
         return ("torch", "fused")
 
+    def backend_used(self, backend, device):
+        # the Numba loops take CPU tensors only; on any other device "fused" runs the torch loops
+        return "torch" if backend in ("fused", "auto") and not str(device).startswith("cpu") else backend
+
     def build(self, arch, input_shape, n_classes, backend, hp):
         fused = backend in ("fused", "auto")     # Numba loops for CPU tensors, torch loops elsewhere
         if arch.family == RESNET_FAMILY:
@@ -588,6 +592,9 @@ class SpikeBPDropout(Rule):
         else:
             model, gain = build_spikebp_sequential(arch, tuple(input_shape), n_classes, hp, fused), 2.0
         return kaiming_normal_(model, float(hp["init_gain"]) or gain)
+
+    def input_events(self, ctx):
+        return True  # signed Bernoulli spikes, or event frames
 
     def encode(self, x, T, ctx):
         if ctx.data_kind == "events":

@@ -317,7 +317,8 @@ class SpikeCountOpCounter(OpCounter):
         def hook(mod, inputs, output):
             x = inputs[0].detach()
             where, steps = self._steps(name, x.shape[0])
-            event = _is_count(x)
+            event = self._declared(name)
+            event = _is_count(x) if event is None else event
             if not event:
                 per_sample = _dense_ops(mod, x)
             elif isinstance(mod, nn.Linear):

@@ -3,11 +3,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
 
+import suite
+from suite.data import DataError
 from suite.host import create_host
+from suite.validate import check_cells, check_rule_options, non_negative_int, positive_int, read_nonempty
+
+DESCRIPTION = """\
+Train and compare spiking-neural-network learning rules against conventional CNNs: one
+command, one results table, one self-contained HTML report. Learning rules, datasets and
+architectures are plugins (entry-point group snn_suite); 'snn-suite plugins' lists them."""
 
 
 def _ints(text: str, option: str) -> tuple[int, ...]:
@@ -59,6 +68,7 @@ def matrix_from_args(args, host):
             valid = sorted({k for r in rules for k in host.rule(r).defaults})
             raise SystemExit(f"error: --set {', '.join(unknown)}: no selected rule has this option; "
                              f"valid: {', '.join(valid)}")
+    check_rule_options(host, [(e.rule, dict(e.options), e.preset) for e in entries])
     # --set values arrive as text: typed here, so that the same setting from a matrix file is the same cell
     from dataclasses import replace
 
@@ -76,8 +86,9 @@ def matrix_from_args(args, host):
 
 
 def cmd_run(args, host) -> int:
+    from suite.executors import run_matrix
     from suite.results import write_run_meta
-    from suite.train import environment, run_matrix
+    from suite.train import environment
 
     command = "snn-suite " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if args.matrix:
@@ -93,6 +104,7 @@ def cmd_run(args, host) -> int:
     if args.curve is not None and args.curve < 0:
         raise SystemExit(f"error: --curve expects a number of validation samples >= 0, got {args.curve}")
     cells = matrix.cells(data_root=args.data_root, device=args.device, command=command, curve=args.curve)
+    check_cells(host, cells, executor=args.executor, ray_address=args.ray_address)
     out = Path(args.out)
     write_run_meta(out, {"command": command, "environment": environment(), "cells": len(cells), **matrix.meta()})
     rows = run_matrix(cells, out, resume=args.resume, executor=args.executor, jobs=args.jobs,
@@ -111,6 +123,7 @@ def cmd_tune(args, host) -> int:
     from suite.tune import tune
 
     matrix = load_matrix(args.matrix, host)
+    check_cells(host, matrix.cells(data_root=args.data_root, device=args.device))
     if args.rules:
         keep = set(host.select_rules(args.rules))
         matrix.entries = [e for e in matrix.entries if e.rule in keep]
@@ -134,42 +147,46 @@ def cmd_plugins(args, host) -> int:
                       "version": r.version, "distribution": getattr(r, "distribution", "")})
     broken = [{"plugin": p.name, "module": p.module, "distribution": p.distribution, "error": p.error}
               for p in host.broken()]
+    unavailable = host.unavailable_presets()
     if args.json:
         print(json.dumps({"rules": rules, "broken": broken,
                           "datasets": sorted(host.datasets), "archs": sorted(host.archs),
-                          "presets": sorted(host.presets)}, indent=2))
+                          "presets": sorted(host.presets), "unavailable_presets": unavailable}, indent=2))
         return 0
     for r in rules:
         print(f"{r['name']:<20} {r['neuron']:<5} v{r['version']:<8} [{r['distribution']}]\n    {r['paper']}")
     print(f"\ndatasets: {', '.join(sorted(host.datasets))}")
     print(f"archs:    {', '.join(sorted(host.archs))}")
     if host.presets:
-        print(f"presets:  {', '.join(sorted(host.presets))}")
+        print(f"presets:  {', '.join(n + (' (unavailable)' if n in unavailable else '') for n in sorted(host.presets))}")
+    for name, why in unavailable.items():
+        print(f"unavailable preset {name}: {why}")
     for b in broken:
         print(f"\nBROKEN plugin {b['plugin']} ({b['module']}, {b['distribution']}): {b['error']}")
     return 0
 
 
 def cmd_results(args, host) -> int:
-    from suite.results import COLUMNS, read_frame
+    from suite.results import COLUMNS
 
-    df = read_frame(*args.dirs)
+    df = read_nonempty(args.dirs)
     if args.compare:
         from suite.reports.comparison import markdown
         print(markdown(df) if len(df) else "(no rows)")
         return 0
     if args.csv:
-        cols = [c for c in COLUMNS if c != "extra"] if not args.all else list(df.columns)
+        cols = [c for c in COLUMNS if c not in ("hp", "extra")] if not args.all else list(df.columns)
         df[cols].to_csv(sys.stdout, index=False)
     else:
         show = ["rule", "dataset", "arch", "T", "seed", "status", "accuracy", "synops", "macs", "train_time_s"]
-        print(df[show].to_string(index=False) if len(df) else "(no rows)")
+        print(df[show].to_string(index=False))
     return 0
 
 
 def cmd_report(args, host) -> int:
     from suite.reports.html import write_report
 
+    read_nonempty(args.dirs)
     write_report([Path(d) for d in args.dirs], Path(args.output), energy=args.energy)
     print(f"wrote {args.output}")
     return 0
@@ -198,8 +215,12 @@ def cmd_data(args, host) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="snn-suite", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="snn-suite", description=DESCRIPTION)
+    p.add_argument("--version", action="version", version=f"%(prog)s {suite.__version__}",
+                   help="print the version and exit")
+    p.add_argument("--debug", action="store_true",
+                   help="show Python tracebacks for errors (also: environment variable SNN_SUITE_DEBUG=1)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     r = sub.add_parser("run", help="train and evaluate a matrix of rule x dataset x arch x seed cells")
     r.add_argument("--matrix", metavar="FILE.toml",
@@ -207,31 +228,37 @@ def build_parser() -> argparse.ArgumentParser:
                         "overrides); see suite/matrix.py")
     r.add_argument("--rules", help="comma-separated rule names or patterns, or 'all'")
     r.add_argument("--preset", help="paper preset(s) or patterns, e.g. surrogate_bptt_bn/mnist or '*/digits' (see `snn-suite plugins`)")
-    r.add_argument("--dataset", default="digits")
-    r.add_argument("--arch", default="mlp128")
+    r.add_argument("--dataset", default="digits",
+                   help="dataset name (default: digits, embedded; see `snn-suite plugins`)")
+    r.add_argument("--arch", default="mlp128",
+                   help="architecture name shared by all rules (default: mlp128; see `snn-suite plugins`)")
     r.add_argument("--timesteps", help="comma-separated T values evaluated from one pass (default: rule's T)")
-    r.add_argument("--seeds", default="0")
-    r.add_argument("--epochs", type=int)
-    r.add_argument("--batch-size", type=int)
+    r.add_argument("--seeds", default="0", help="comma-separated integer seeds, one cell each (default: 0)")
+    r.add_argument("--epochs", type=positive_int,
+                   help="training epochs (default: the preset's, else the rule's 'epochs')")
+    r.add_argument("--batch-size", type=positive_int,
+                   help="training batch size (default: the preset's, else the rule's 'batch_size')")
     r.add_argument("--backend", default="auto",
                    help="neuron backend(s), comma-separated: auto (fastest the rule supports here: fused on "
                         "CPU, triton on CUDA), torch, fused, triton")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a rule hyper-parameter")
-    r.add_argument("--out", default="results")
+    r.add_argument("--out", default="results", help="results directory; one file per cell in OUT/cells/ "
+                                                     "(default: results)")
     r.add_argument("--data-root", help="dataset root (default $SNN_SUITE_DATA or ~/.cache/snn-suite/data)")
     r.add_argument("--resume", action="store_true", help="skip cells already finished in --out")
     r.add_argument("--executor", default="local", choices=["local", "processes", "ray"],
                    help="where cells run: this process, --jobs local processes, or Ray tasks")
-    r.add_argument("--jobs", type=int, default=2, help="processes (or CPUs of a Ray started here)")
+    r.add_argument("--jobs", type=positive_int, default=2, help="processes (or CPUs of a Ray started here)")
     r.add_argument("--ray-address", metavar="ADDR",
                    help="existing Ray cluster (auto, HOST:PORT or ray://HOST:10001); default: $RAY_ADDRESS, "
                         "else a local Ray with --jobs CPUs")
-    r.add_argument("--max-retries", type=int, default=2,
+    r.add_argument("--max-retries", type=non_negative_int, default=2,
                    help="re-runs of a cell whose worker process died (processes, ray)")
-    r.add_argument("--device", default="cpu")
-    r.add_argument("--limit-train", type=int, help="use the first N training samples (quick runs)")
-    r.add_argument("--limit-val", type=int, help="use the first N validation samples")
-    r.add_argument("--limit-test", type=int, help="use the first N test samples")
+    r.add_argument("--device", default="cpu", help="torch device for every cell: cpu, cuda or cuda:N (default: cpu)")
+    r.add_argument("--limit-train", type=positive_int, metavar="N",
+                   help="train on the first N training samples only (quick runs)")
+    r.add_argument("--limit-val", type=positive_int, metavar="N", help="use the first N validation samples")
+    r.add_argument("--limit-test", type=positive_int, metavar="N", help="test on the first N test samples only")
     r.add_argument("--val-split", default="auto", choices=["auto", "none"],
                    help="auto: hold out the dataset's fixed validation split (5,000 samples for MNIST and "
                         "Fashion-MNIST, 10%% elsewhere) for per-epoch validation and selection; none: train "
@@ -240,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-epoch validation accuracy on the first N validation samples (default: all of "
                         "them; 0: only after the last epoch); kept in each row's extra.history")
     r.add_argument("--report", metavar="HTML", help="also write the HTML report here")
-    r.add_argument("--quiet", action="store_true")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
 
     t = sub.add_parser("tune", help="tune every rule of a matrix file with one budget on the validation split "
@@ -248,42 +275,45 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--matrix", required=True, metavar="FILE.toml", help="the matrix whose rules are tuned")
     t.add_argument("--out", required=True, help="folder for the studies (study.journal), trial rows and tuned.toml")
     t.add_argument("--rules", help="tune only these rules of the matrix (names or patterns)")
-    t.add_argument("--trials", type=int, help="trials per rule and architecture (default: the matrix's [tune])")
-    t.add_argument("--epochs", type=int, help="epochs per trial (default: the matrix's [tune])")
-    t.add_argument("--limit-train", type=int, help="training samples per trial (default: all but validation)")
-    t.add_argument("--limit-val", type=int, help="validation samples per trial (default: the whole split)")
+    t.add_argument("--trials", type=positive_int, help="trials per rule and architecture (default: the matrix's [tune])")
+    t.add_argument("--epochs", type=positive_int, help="epochs per trial (default: the matrix's [tune])")
+    t.add_argument("--limit-train", type=positive_int, help="training samples per trial (default: all but validation)")
+    t.add_argument("--limit-val", type=positive_int, help="validation samples per trial (default: the whole split)")
     t.add_argument("--seed", type=int, help="training seed of the trials and the sampler (default 0)")
-    t.add_argument("--jobs", type=int, default=1, help="trials run at a time, in worker processes")
+    t.add_argument("--jobs", type=positive_int, default=1, help="trials run at a time, in worker processes")
     t.add_argument("--resume", action="store_true", help="continue the studies in --out")
     t.add_argument("--data-root", help="dataset root (default $SNN_SUITE_DATA or ~/.cache/snn-suite/data)")
     t.add_argument("--device", default="cpu", help="torch device of the trials")
     t.set_defaults(func=cmd_tune)
 
     pl = sub.add_parser("plugins", help="list rules, datasets, archs and broken plugins")
-    pl.add_argument("--json", action="store_true")
+    pl.add_argument("--json", action="store_true", help="machine-readable output")
     pl.set_defaults(func=cmd_plugins)
 
     rs = sub.add_parser("results", help="print result rows")
-    rs.add_argument("dirs", nargs="+")
-    rs.add_argument("--csv", action="store_true")
-    rs.add_argument("--all", action="store_true", help="with --csv: every column, 'extra' included")
+    rs.add_argument("dirs", nargs="+", metavar="PATH",
+                    help="results directories (written by `run --out`) or result files (.csv, .parquet, .jsonl)")
+    rs.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    rs.add_argument("--all", action="store_true", help="with --csv: every column, 'hp' and 'extra' included")
     rs.add_argument("--compare", action="store_true",
                     help="the head-to-head tables as Markdown: accuracy at T=4, T=16 and best T (chosen on "
                          "validation) with 95 %% CI, SynOps, energy, training time, paired differences")
     rs.set_defaults(func=cmd_results)
 
     rp = sub.add_parser("report", help="write the self-contained HTML comparison report")
-    rp.add_argument("dirs", nargs="+")
-    rp.add_argument("-o", "--output", default="report.html")
+    rp.add_argument("dirs", nargs="+", metavar="PATH",
+                    help="results directories (written by `run --out`) or result files (.csv, .parquet, .jsonl)")
+    rp.add_argument("-o", "--output", default="report.html", help="the HTML file to write (default: report.html)")
     rp.add_argument("--energy", metavar="MODEL",
                     help="recompute energy with another model: 45nm_fp32 (default of the runs), 45nm_fp16, "
                          "45nm_int32, 45nm_int8 or mac=<pJ>,ac=<pJ>[,neuron=<pJ>]")
     rp.set_defaults(func=cmd_report)
 
     d = sub.add_parser("data", help="check or download datasets")
-    d.add_argument("action", choices=["check", "download"])
-    d.add_argument("names", nargs="*")
-    d.add_argument("--data-root")
+    d.add_argument("action", choices=["check", "download"],
+                   help="check: verify files (structure and sha256); download: fetch the official files")
+    d.add_argument("names", nargs="*", help="dataset names (default: all)")
+    d.add_argument("--data-root", help="dataset root (default $SNN_SUITE_DATA or ~/.cache/snn-suite/data)")
     d.set_defaults(func=cmd_data)
     return p
 
@@ -291,14 +321,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if getattr(args, "data_root", None) is None:
-        import os
         args.data_root = os.environ.get("SNN_SUITE_DATA")
-    host = create_host()
+    if args.debug or os.environ.get("SNN_SUITE_DEBUG", "") not in ("", "0"):
+        return args.func(args, create_host())
     try:
-        return args.func(args, host)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        return args.func(args, create_host())
+    except (ValueError, OSError, DataError) as exc:  # UsageError, a bad file or path
+        print(f"error: {exc}".splitlines()[0], file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished cells are kept (`run --resume` continues)", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        print(f"error: {type(exc).__name__}: {exc}".splitlines()[0]
+              + " (run with --debug or SNN_SUITE_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ same seed gives the same spikes and the first t steps of a T-step encoding equal
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -14,6 +15,9 @@ import torch
 @dataclass(frozen=True)
 class PoissonRate:
     """Bernoulli spike at each step with probability ``gain * x`` (clipped to [0, 1])."""
+
+    #: the encoded input is events (spikes, counts), not analog values
+    events: ClassVar[bool] = True
 
     gain: float = 1.0
 
@@ -27,6 +31,8 @@ class PoissonRate:
 class Direct:
     """Analog current: the same input at every step (the first layer then does MACs)."""
 
+    events: ClassVar[bool] = False
+
     scale: float = 1.0
 
     def __call__(self, x: torch.Tensor, T: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -37,6 +43,8 @@ class Direct:
 class TimeToFirstSpike:
     """One spike per input at step ``round((1 - x) * (T - 1))``; inputs below ``threshold``
     never fire. Not causal in T: the spike time depends on the window length."""
+
+    events: ClassVar[bool] = True
 
     threshold: float = 0.0
 
@@ -54,6 +62,8 @@ class TimeToFirstSpike:
 class Frames:
     """Inputs that already are frames ``[B, T, ...]`` (event data): moved to time-major
     ``[T, B, ...]``; a shorter T takes the first T frames."""
+
+    events: ClassVar[bool] = True
 
     def __call__(self, x: torch.Tensor, T: int, generator: torch.Generator | None = None) -> torch.Tensor:
         if x.shape[1] < T:

@@ -117,7 +117,8 @@ def failure_rows(cell: Cell, error: str, host=None) -> list[dict]:
         rows_T = [int(T) if T is not None else None]
     base = {"rule": cell.rule, "dataset": cell.dataset, "arch": cell.arch, "backend": cell.backend,
             "seed": cell.seed, "suite_version": suite.__version__, "config_hash": cell.config_hash,
-            "cell_id": cell.cell_id, "preset": cell.preset, "command": cell.command, "status": "failed",
+            "cell_id": cell.cell_id, "preset": cell.preset, "command": cell.command, "device": cell.device,
+            "status": "failed",
             "error": error, "finished_at": datetime.now(timezone.utc).isoformat()}
     if rule is not None:
         base.update(paper=rule.paper, plugin_version=rule.version,
@@ -235,6 +236,9 @@ def run_ray(todo: list[Cell], finish: Callable, *, jobs: int = 2, plugins: Plugi
             runtime_env: dict | None = None, log=print, **_) -> None:
     """One Ray task per cell on the cluster at ``ray_address`` (or ``$RAY_ADDRESS``, or the Ray this
     process is already connected to); with neither, on a private local Ray with ``jobs`` CPUs."""
+    from suite.validate import require
+
+    require("ray", "ray", "--executor ray")
     import ray
     from ray.exceptions import RayError
 

@@ -7,17 +7,13 @@ that one module may contribute several items.
 
 A plugin may declare ``SNN_SUITE_API = <int>``; the host refuses (and lists as broken)
 plugins whose declared major API version differs from :data:`API_VERSION`.
+
+This module imports nothing from the suite: the modules that define the items (rule, data,
+archs) import it, never the other way round.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import pluggy
-
-if TYPE_CHECKING:
-    from suite.archs import ArchSpec
-    from suite.data import Dataset
-    from suite.rule import Rule
 
 #: Major version of this contract. Bumped on incompatible changes to the hooks or to ``Rule``.
 API_VERSION = 1
@@ -32,7 +28,7 @@ hookimpl = pluggy.HookimplMarker("snn_suite")
 
 
 @hookspec
-def snn_suite_rules() -> list["Rule"]:
+def snn_suite_rules() -> list:
     """Return the learning rules (or baselines) this plugin provides.
 
     Every item is a :class:`suite.rule.Rule` instance with a unique ``name``. A duplicate
@@ -41,12 +37,12 @@ def snn_suite_rules() -> list["Rule"]:
 
 
 @hookspec
-def snn_suite_datasets() -> list["Dataset"]:
+def snn_suite_datasets() -> list:
     """Return datasets (:class:`suite.data.Dataset`) this plugin adds to the registry."""
 
 
 @hookspec
-def snn_suite_archs() -> list["ArchSpec"]:
+def snn_suite_archs() -> list:
     """Return architecture specs (:class:`suite.archs.ArchSpec`) shared by all rules."""
 
 

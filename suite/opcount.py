@@ -4,8 +4,7 @@ Forward hooks on every ``nn.Linear`` / ``nn.Conv1d/2d/3d`` see the layer's input
 time-major, either merged (``[T*B, ...]``, as :class:`suite.archs.TimeDistributed` does) or one
 step per call (``[B, ...]``). Per step, per layer and per sample we count
 
-* **SynOps (ACs)** when the input is event-like (integer-valued: spikes, signed spikes, event
-  counts, or spikes summed by a residual addition): one accumulate per input event per
+* **SynOps (ACs)** when the input is event-like: one accumulate per input event per
   connection it drives,
 
       SynOps_l[t] = sum_i |o_i^{l-1}[t]| * fanout_i,
@@ -15,6 +14,11 @@ step per call (``[B, ...]``). Per step, per layer and per sample we count
   averaged by a pooling layer (values k / window) are scaled back to spike counts first: a
   spike reaching the next layer through an average pool costs the same accumulates as one
   reaching it directly (the 1/window factor folds into the weights);
+  Whether the network's *input* is events is declared, not read from values
+  (``input_events``, which the host sets from the rule's encoding and the dataset kind): a
+  binarised image is analog input all the same. The input layer is the first weight layer that
+  runs. Inside the network, inputs are events when integer-valued (spikes, signed spikes, or
+  spikes summed by a residual addition);
 * **MACs** otherwise (analog input: the first layer of a direct-coded SNN, every ANN layer):
   the dense count ``output elements x fan-in`` (padding included, the usual MAC/FLOP
   convention), plus ``macs_effective``: only pairs of a non-zero input and a non-zero weight
@@ -203,6 +207,8 @@ class OpCounter:
     T: int
     batch_size: int
     energy: "str | dict | EnergyModel | None" = None
+    #: whether the network input is events (True) or analog (False); None: judge it by its values
+    input_events: bool | None = None
     layers: dict[str, LayerCount] = field(default_factory=dict)
     spikes: dict[str, torch.Tensor] = field(default_factory=dict)    # [T] spike totals per layer
     neurons: dict[str, int] = field(default_factory=dict)             # neurons per sample per layer
@@ -212,6 +218,7 @@ class OpCounter:
     _calls: dict[str, int] = field(default_factory=dict)
     _handles: list = field(default_factory=list)
     _pooled: dict = field(default_factory=dict)   # storage address -> (tensor, divisor): pooled spikes
+    _input_layer: str | None = None               # the first weight layer that ran: it reads the input
 
     def __post_init__(self):
         self.energy = energy_model(self.energy)
@@ -262,9 +269,19 @@ class OpCounter:
         per_step = per_sample.reshape(steps, -1).sum(1).to("cpu", torch.float32)  # buckets live on the CPU
         bucket[where] += per_step if steps > 1 else per_step[0]
 
-    def _as_events(self, x: torch.Tensor) -> torch.Tensor | None:
+    def _declared(self, name: str) -> bool | None:
+        """For the input layer, whether its input is events as declared by ``input_events``;
+        None for every other layer (and when nothing was declared)."""
+        if self._input_layer is None:
+            self._input_layer = name
+        return self.input_events if name == self._input_layer else None
+
+    def _as_events(self, x: torch.Tensor, name: str) -> torch.Tensor | None:
         """``x`` as event counts, or None for analog input. Average-pooled spikes (recognised by
         the storage they share with the pool's output) are multiplied back by the pool's divisor."""
+        declared = self._declared(name)
+        if declared is not None:
+            return x if declared else None
         if _is_event(x):
             return x
         hit = self._pooled.get(x.untyped_storage().data_ptr())
@@ -278,7 +295,7 @@ class OpCounter:
         def hook(mod, inputs, output):
             x = inputs[0].detach()
             where, steps = self._steps(name, x.shape[0])
-            events = self._as_events(x)
+            events = self._as_events(x, name)
             if events is not None:
                 self._add(self.layers[name].synops, where, steps, _event_ops(mod, events))
             else:
@@ -293,7 +310,7 @@ class OpCounter:
             self._add(lc.dense, where, steps, _dense_ops(mod, x))
             self._add(lc.input_nonzero, where, steps, (x != 0).flatten(1).sum(1).float())
             lc.input_size = x[0].numel()
-            if self._as_events(x) is None:
+            if self._as_events(x, name) is None:
                 self._add(lc.macs_effective, where, steps, _effective_ops(mod, x))
         return hook
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-#: 2: validation split (val_accuracy, val_split) and extra.history; rows of version 1 still read
-SCHEMA_VERSION = 2
+#: 2: validation split (val_accuracy, val_split) and extra.history; 3: rows carry ``device`` and the
+#: resolved hyper-parameters ``hp``. Rows of older versions still read (the new columns empty).
+SCHEMA_VERSION = 3
 
 #: row columns, in order (ARCHITECTURE.md's schema plus status, error and bookkeeping)
 COLUMNS = [
@@ -23,7 +24,7 @@ COLUMNS = [
     "synops", "macs", "energy_pj", "spikes_per_sample", "train_time_s", "samples_per_s",
     "peak_mem_mb", "suite_version", "plugin_version", "config_hash", "status", "error",
     "epochs", "train_T", "n_train", "n_test", "val_split", "cell_id", "preset", "command", "finished_at",
-    "schema_version", "extra",
+    "device", "hp", "schema_version", "extra",
 ]
 FINAL_STATUSES = ("ok", "nan", "skipped")
 
@@ -61,25 +62,78 @@ def cell_done(out_dir: Path, cell_id: str) -> bool:
 
 
 def read_rows(*dirs) -> list[dict]:
+    """Rows from results directories (``DIR/cells/*.jsonl``) and result files (see :func:`read_file`)."""
     rows = []
     for d in dirs:
         d = Path(d)
+        if d.is_file():
+            rows.extend({**row, "source": str(d)} for row in read_file(d))
+            continue
         files = sorted(f for f in (d / "cells").glob("*.jsonl") if not f.name.startswith(".")) if (d / "cells").is_dir() else []
         if not files and not d.is_dir():
-            raise FileNotFoundError(f"{d}: no such results directory")
+            raise FileNotFoundError(f"{d}: no such results directory or file (expected a directory written by "
+                                    f"`snn-suite run --out`, or a {', '.join(FILE_FORMATS)} file of result rows)")
         for f in files:
-            for n, line in enumerate(f.read_text().splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{f}: line {n} is not valid JSON ({exc})") from exc
-                if row.get("schema_version", 0) > SCHEMA_VERSION:
-                    raise ValueError(f"{f}: schema_version {row['schema_version']} is newer than this suite's "
-                                     f"{SCHEMA_VERSION}; upgrade snn-suite")
-                row["source"] = str(d)
-                rows.append(row)
+            rows.extend({**row, "source": str(d)} for row in _jsonl_rows(f))
+    return rows
+
+
+def _jsonl_rows(f: Path) -> list[dict]:
+    rows = []
+    for n, line in enumerate(f.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{f}: line {n} is not valid JSON ({exc})") from exc
+        rows.append(_check_schema(f, row))
+    return rows
+
+
+def _check_schema(f: Path, row: dict) -> dict:
+    if (row.get("schema_version") or 0) > SCHEMA_VERSION:
+        raise ValueError(f"{f}: schema_version {row['schema_version']} is newer than this suite's "
+                         f"{SCHEMA_VERSION}; upgrade snn-suite")
+    return row
+
+
+FILE_FORMATS = (".csv", ".parquet", ".jsonl")
+#: columns a file must have to be read as result rows
+REQUIRED = ("rule", "dataset", "arch", "status")
+
+
+def read_file(path: Path) -> list[dict]:
+    """Rows of one result file in the row schema: CSV (``snn-suite results --csv``), Parquet, or
+    JSON Lines (a cell file). Raises ValueError saying what is expected."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet}
+    if suffix == ".jsonl":
+        rows = _jsonl_rows(path)
+        columns = set().union(*rows)
+    elif suffix in readers:
+        try:
+            df = readers[suffix](path)
+        except Exception as exc:  # pandas / pyarrow parse errors
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise ValueError(f"{path}: cannot be read as {suffix[1:]} ({type(exc).__name__}: {first})") from None
+        columns = set(df.columns)
+        rows = df.astype(object).where(df.notna(), None).to_dict("records")
+    else:
+        raise ValueError(f"{path}: not a result file; expected a results directory or a "
+                         f"{', '.join(FILE_FORMATS)} file of result rows")
+    missing = [c for c in REQUIRED if c not in columns]
+    if rows and missing:
+        raise ValueError(f"{path}: not result rows: no column(s) {', '.join(missing)} (expected the row schema "
+                         f"of `snn-suite results --csv`: {', '.join(COLUMNS[:9])}, ...)")
+    for row in rows:
+        _check_schema(path, row)
+        if isinstance(row.get("extra"), str):
+            try:
+                row["extra"] = json.loads(row["extra"])
+            except json.JSONDecodeError:
+                row["extra"] = None
     return rows
 
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from suite.encoders import create_encoder
+from suite.encoders import ENCODERS, create_encoder
 
 if TYPE_CHECKING:
     from suite.archs import ArchSpec
@@ -82,6 +82,11 @@ class Rule(abc.ABC):
         """Neuron backends this rule can use (see ``suite.kernels``)."""
         return ("torch",)
 
+    def backend_used(self, backend: str, device: str) -> str:
+        """The backend that really runs when ``backend`` is chosen on ``device`` (rows record it):
+        override where a backend falls back to another on some devices."""
+        return backend
+
     def resources(self, cell) -> dict[str, Any]:
         """What one cell needs from a Ray cluster (``--executor ray``), as ``ray.remote`` options:
         ``num_cpus``, ``num_gpus`` (fractions share a device), ``memory`` (bytes), ``resources``.
@@ -138,6 +143,16 @@ class Rule(abc.ABC):
     def forward(self, model: nn.Module, x: torch.Tensor, T: int, ctx: Context) -> torch.Tensor:
         """Encode and run T steps; returns per-step outputs ``[T, B, n_classes]``."""
         return model(self.encode(x, T, ctx))
+
+    def input_events(self, ctx: Context) -> bool:
+        """Whether the network's input is events (spikes, signed spikes, event counts) rather than
+        analog values: op counting charges accumulates for events, MACs for analog input.
+        Default: event data, or an encoder that emits spikes. A rule with its own encoding
+        that emits spikes overrides this."""
+        if ctx.data_kind == "events":
+            return True
+        encoder = ENCODERS.get(ctx.hp.get("encoding", self.encoding))
+        return bool(encoder is not None and encoder.events)
 
     def readout(self, outputs: torch.Tensor) -> torch.Tensor:
         """Per-step outputs -> logits per step ``[T, B, C]``; entry t uses steps <= t only.
@@ -205,13 +220,35 @@ def check_options(rule: Rule, options: dict[str, Any]) -> dict[str, Any]:
     for k, v in options.items():
         d = rule.defaults[k]
         if isinstance(d, bool) and isinstance(v, str):
-            v = v.lower() in ("1", "true", "yes", "on")
+            v = _parse_bool(rule.name, k, v)
         elif isinstance(d, (int, float)) and not isinstance(d, bool) and isinstance(v, str):
-            v = type(d)(float(v)) if isinstance(d, int) and float(v).is_integer() else float(v)
+            v = _parse_number(rule.name, k, v, d)
         elif isinstance(d, (tuple, list)) and isinstance(v, str):
             v = _parse_sequence(rule.name, k, v)
         hp[k] = v
     return hp
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _parse_bool(rule: str, key: str, text: str) -> bool:
+    word = text.strip().lower()
+    if word not in _TRUE + _FALSE:
+        raise ValueError(f"rule {rule!r} option {key!r}: expected true or false (or yes/no, on/off, 1/0), "
+                         f"got {text!r}")
+    return word in _TRUE
+
+
+def _parse_number(rule: str, key: str, text: str, default: int | float) -> int | float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"rule {rule!r} option {key!r}: expected a number such as {default!r}, "
+                         f"got {text!r}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"rule {rule!r} option {key!r}: expected a finite number, got {text!r}")
+    return int(value) if isinstance(default, int) and value.is_integer() else value
 
 
 def _parse_sequence(rule: str, key: str, text: str) -> tuple:

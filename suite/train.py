@@ -169,7 +169,7 @@ def run_cell(cell: Cell, host=None, progress: bool = False, checkpoint_dir: Path
         host = create_host()
     base = {"rule": cell.rule, "dataset": cell.dataset, "arch": cell.arch, "backend": cell.backend,
             "seed": cell.seed, "suite_version": suite.__version__, "config_hash": cell.config_hash,
-            "cell_id": cell.cell_id, "preset": cell.preset, "command": cell.command}
+            "cell_id": cell.cell_id, "preset": cell.preset, "command": cell.command, "device": cell.device}
     t_list: list = list(cell.timesteps) if cell.timesteps else [None]
 
     def fail(status: str, error: str, rows_T=None):
@@ -181,7 +181,7 @@ def run_cell(cell: Cell, host=None, progress: bool = False, checkpoint_dir: Path
         base.update(paper=rule.paper, plugin_version=rule.version, encoding=rule.encoding)
         dataset = host.dataset(cell.dataset)
         arch = host.arch(cell.arch)
-        hp = check_options(rule, dict(cell.options))
+        hp = base["hp"] = check_options(rule, dict(cell.options))
         if cell.val_split not in ("auto", "none"):
             raise ValueError(f"val_split {cell.val_split!r}: expected 'auto' (the dataset's validation split) or 'none'")
         base["encoding"] = "events" if dataset.kind == "events" and rule.temporal else hp.get("encoding", rule.encoding)
@@ -200,7 +200,8 @@ def run_cell(cell: Cell, host=None, progress: bool = False, checkpoint_dir: Path
     # "auto" becomes the best backend the rule supports on this device (fused on CPU, triton on
     # CUDA); the row records the resolved name, the cell id keeps "auto".
     from suite.kernels import resolve_backend
-    backend = base["backend"] = resolve_backend(cell.backend, rule.backends(), cell.device)
+    backend = base["backend"] = rule.backend_used(resolve_backend(cell.backend, rule.backends(), cell.device),
+                                                  cell.device)
     if not rule.supports(arch, dataset.name) or backend not in rule.backends():
         what = (f"backend {backend!r} (supported: {', '.join(rule.backends())})"
                 if backend not in rule.backends() else f"architecture {arch.name!r} on {dataset.name!r}")
@@ -329,6 +330,7 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
     T_max = max(timesteps) if timesteps else 1
     eval_bs = max(bs, 256)
     counter = rule.op_counter(model, T_max, min(eval_bs, len(yte)))
+    counter.input_events = rule.input_events(ctx)
     t0 = time.perf_counter()
     with counter, torch.no_grad():
         correct = _count_correct(rule, model, ctx, xte, yte, timesteps, len(rows_T), device, eval_bs, counter)
@@ -358,15 +360,4 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
     return rows
 
 
-def run_matrix(cells: list[Cell], out_dir: Path, **kwargs) -> list[dict]:
-    """Run every cell and write its rows atomically as it finishes; returns all rows written.
-
-    Keyword arguments (``resume``, ``executor`` = local / processes / ray, ``jobs``,
-    ``max_retries``, ``ray_address``, ...) are those of :func:`suite.executors.run_matrix`.
-    """
-    from suite.executors import run_matrix as _run_matrix
-
-    return _run_matrix(cells, out_dir, **kwargs)
-
-
-__all__ = ["Cell", "StopCell", "run_cell", "run_matrix", "environment", "seed_everything"]
+__all__ = ["Cell", "StopCell", "run_cell", "environment", "seed_everything"]

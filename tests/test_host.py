@@ -1,5 +1,6 @@
 import importlib.metadata as md
 import json
+import re
 import types
 
 import pytest
@@ -72,8 +73,9 @@ def test_duplicate_rule_name_names_both_providers():
             return [Dup()]
 
     h = host_mod.create_host(extra_plugins=[("dup_plugin", P())])
-    with pytest.raises(ValueError, match="duplicate rule name 'cnn'.*dup_plugin"):
-        h.rules
+    error = {p.name: p.error for p in h.broken()}["dup_plugin"]
+    assert re.search(r"duplicate rule name 'cnn': provided by plugin 'cnn' \(snn-suite\) and plugin 'dup_plugin'", error)
+    assert h.rule("cnn").distribution == "snn-suite"
 
 
 def test_unknown_names_list_valid_ones(host):

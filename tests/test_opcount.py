@@ -279,3 +279,70 @@ def test_cell_rows_carry_the_counts(host):
         assert extra["energy_model"]["name"] == "45nm_fp32"
         assert r["energy_pj"] == pytest.approx(4.6 * r["macs"] + 0.9 * r["synops"])
         assert sum(v["synops"] for v in extra["layers"].values()) == pytest.approx(r["synops"])
+
+
+def test_input_events_come_from_the_encoder_not_from_values():
+    """A binarised image is analog input to a direct-coded network: MACs, not accumulates."""
+    torch.manual_seed(4)
+    T, B = 3, 5
+    model = nn.Sequential(TimeDistributed(nn.Linear(6, 4)), Spikes(), TimeDistributed(nn.Linear(4, 2)))
+    image = (torch.rand(B, 6) > 0.5).float()          # 0/1 pixels
+    x = image.unsqueeze(0).expand(T, B, 6)            # the Direct encoder's output
+    counts = {}
+    for declared in (False, True, None):
+        with OpCounter(model, T, B, input_events=declared) as oc, torch.no_grad():
+            model(x)
+        counts[declared] = oc.at(T)["layers"]["0.module"]
+    assert counts[False]["macs"] == T * 6 * 4 and counts[False]["synops"] == 0
+    events = float(image.sum()) / B * T * 4           # nnz x fan-out per step
+    assert counts[True]["synops"] == pytest.approx(events) and counts[True]["macs"] == 0
+    assert counts[None]["synops"] == pytest.approx(events)   # undeclared: judged by value
+    # hidden layers are judged as before: spikes there are accumulates whatever the declaration
+    with OpCounter(model, T, B, input_events=False) as oc, torch.no_grad():
+        model(x)
+    assert oc.at(T)["layers"]["2.module"]["macs"] == 0
+
+
+def test_rules_declare_their_input_kind(host):
+    ctx = _ctx_for(host, "surrogate_bptt_bn")
+    assert host.rule("surrogate_bptt_bn").input_events(ctx) is False      # direct
+    assert host.rule("example_rate").input_events(_ctx_for(host, "example_rate")) is True   # poisson
+    assert host.rule("sstdp").input_events(_ctx_for(host, "sstdp")) is True                 # ttfs
+    assert host.rule("spike_bp_dropout").input_events(_ctx_for(host, "spike_bp_dropout")) is True
+    assert host.rule("cnn").input_events(_ctx_for(host, "cnn")) is False
+    events = _ctx_for(host, "surrogate_bptt_bn")
+    events.data_kind = "events"
+    assert host.rule("surrogate_bptt_bn").input_events(events) is True
+
+
+def _ctx_for(host, name):
+    rule = host.rule(name)
+    return Context(hp=check_options(rule, {}), T=4, timesteps=(4,), arch=host.arch("mlp128"), dataset="digits",
+                   input_shape=(1, 8, 8), n_classes=10)
+
+
+def test_a_direct_coded_cell_on_binary_images_counts_macs_in_its_first_layer(host):
+    from suite.data import Dataset, Split
+    from suite.host import create_host
+    from suite.hookspecs import hookimpl
+    from suite.train import Cell, run_cell
+
+    class BinaryDigits(Dataset):
+        name, input_shape, n_classes = "binary_digits", (1, 8, 8), 10
+        embedded = True
+
+        def _load(self, split, root):
+            s = host.dataset("digits").load(split)
+            return Split((s.x > 0.5).float(), s.y)
+
+    class Plugin:
+        @hookimpl
+        def snn_suite_datasets(self):
+            return [BinaryDigits()]
+
+    h = create_host(extra_plugins=[("binary_digits", Plugin())])
+    (row,) = run_cell(Cell("surrogate_bptt_bn", "binary_digits", "mlp128", timesteps=(2,), epochs=1,
+                           limit_train=64, limit_test=32), h)
+    assert row["status"] == "ok", row.get("error")
+    first = next(iter(row["extra"]["layers"].values()))
+    assert first["macs"] == 2 * 64 * 128 and first["synops"] == 0

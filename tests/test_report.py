@@ -123,7 +123,8 @@ def test_empty_and_failed_only_directories_render(tmp_path):
 
 def test_report_from_real_cells(host, tmp_path):
     """A real run (surrogate_bptt_bn and the CNN, tiny) renders with its per-layer rates."""
-    from suite.train import Cell, run_matrix
+    from suite.executors import run_matrix
+    from suite.train import Cell
 
     cells = [Cell("surrogate_bptt_bn", "digits", "mlp128", seed=s, timesteps=(1, 2), epochs=1, limit_train=64,
                   limit_test=32, command="test") for s in (0,)]

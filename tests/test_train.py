@@ -81,7 +81,7 @@ class _TestRules:
 
 def test_nan_guard_and_crashing_plugin_give_rows_and_the_rest_goes_on(tmp_path):
     from suite.results import read_frame
-    from suite.train import run_matrix
+    from suite.executors import run_matrix
 
     host = create_host(extra_plugins=[("test_rules", _TestRules())])
     import suite.host as host_mod
@@ -114,3 +114,44 @@ def test_cell_is_picklable_and_id_is_stable():
     assert pickle.loads(pickle.dumps(c)) == c
     assert c.cell_id == Cell("cnn", "digits", "mlp128", seed=3, options=(("lr", 0.1),), data_root="/x").cell_id
     assert c.cell_id != Cell("cnn", "digits", "mlp128", seed=4, options=(("lr", 0.1),)).cell_id
+
+
+class _FallbackRule(_NaNRule):
+    """Says its 'fused' backend runs the torch loops off the CPU, as spike_bp_dropout does on CUDA."""
+
+    name = "fallback_rule"
+    defaults = {"T": 2, "lr": 0.1}
+
+    def backends(self):
+        return ("torch", "fused")
+
+    def backend_used(self, backend, device):
+        return "torch" if backend == "fused" else backend
+
+    def train_step(self, model, batch, optimizer, ctx):
+        return {"loss": 0.0}
+
+
+class _FallbackRules:
+    @hookimpl
+    def snn_suite_rules(self):
+        return [_FallbackRule()]
+
+
+def test_rows_describe_themselves_device_hp_and_the_backend_that_ran():
+    host = create_host(extra_plugins=[("fallback_rules", _FallbackRules())])
+    rows = run_cell(Cell("fallback_rule", "digits", "mlp128", backend="fused", options=(("lr", "0.5"),),
+                         epochs=1, limit_train=32, limit_test=16), host)
+    assert [r["status"] for r in rows] == ["ok"], rows[0].get("error")
+    row = rows[0]
+    assert row["device"] == "cpu"
+    assert row["hp"] == {"T": 2, "lr": 0.5}                      # defaults merged with the override, parsed
+    assert row["backend"] == "torch" and row["cell_id"].split("__")[3] == "fused"
+
+
+def test_spike_bp_dropout_records_torch_where_its_fused_loops_cannot_run(host):
+    rule = host.rule("spike_bp_dropout")
+    assert rule.backend_used("fused", "cpu") == "fused"
+    assert rule.backend_used("fused", "cuda:0") == "torch"
+    assert rule.backend_used("torch", "cuda") == "torch"
+    assert host.rule("surrogate_bptt_bn").backend_used("fused", "cuda") == "fused"

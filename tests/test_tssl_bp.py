@@ -130,6 +130,22 @@ def test_count_loss_penalises_only_the_wrong_side():
 def test_desired_train_and_kernel_target():
     assert tb.desired_train(5).tolist() == [0, 1, 1, 1, 1]
     assert tb.desired_train(10).tolist() == [0, 1] * 5
+    # the kernel loss's target is kappa * d on the correct class, 0 elsewhere; with tau_s = 3,
+    # kappa[k] = (1/3)(2/3)^k, so for d = [0,1,1,1,1]: 0, 1/3, 5/9, 19/27, 65/81
+    by_hand = torch.tensor([0.0, 1 / 3, 5 / 9, 19 / 27, 65 / 81])
+    T, B, C = 5, 3, 4
+    y = torch.tensor([2, 0, 3])
+    outputs = torch.zeros(T, B, C, requires_grad=True)
+    tb.kernel_loss(outputs, y, 3.0).backward()
+    target = -outputs.grad                               # d loss / d outputs = outputs - target
+    for b in range(B):
+        torch.testing.assert_close(target[:, b, y[b]], by_hand)
+        others = [c for c in range(C) if c != y[b]]
+        assert (target[:, b, others] == 0).all()
+    exact = torch.zeros(T, B, C)
+    exact[:, torch.arange(B), y] = by_hand[:, None]
+    assert tb.kernel_loss(exact, y, 3.0).item() == pytest.approx(0.0, abs=1e-12)
+    assert tb.kernel_loss(torch.zeros(T, B, C), y, 3.0).item() == pytest.approx(0.5 * B * float((by_hand ** 2).sum()))
 
 
 def test_op_counter_counts_pooled_spikes_as_accumulates(host):

@@ -60,6 +60,14 @@ class Dataset:
     def _load(self, split: str, root: Path) -> Split:  # pragma: no cover - abstract
         raise TypeError(f"dataset {self.name!r} does not implement _load")
 
+    def verify_files(self, root=None) -> None:
+        """Check that the files a run needs are present and intact, before any cell starts;
+        raises :class:`DataError` naming the first bad file. Default: load both splits (embedded
+        data needs nothing); datasets with large files override it with a cheaper check."""
+        if not self.embedded:
+            for split in ("train", "test"):
+                self.load(split, root)
+
     def check(self, root=None) -> list[str]:
         """Verify files (structure and checksums); returns lines describing what was checked.
         Raises :class:`DataError` naming the first bad file."""

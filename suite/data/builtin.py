@@ -97,6 +97,14 @@ class IdxDataset(Dataset):
     def _load(self, split, root):
         return _load_idx(self, str(self.directory(root)), split)
 
+    def verify_files(self, root=None) -> None:
+        from suite.data import resolve_root
+
+        directory = self.directory(resolve_root(root))
+        for split in ("train", "test"):
+            for fname in self.files(split):
+                self.verify(directory / fname)
+
     def download(self, root=None) -> Path:
         """Fetch the official files (trying each mirror), verify their sha256, move into place."""
         from suite.data import resolve_root

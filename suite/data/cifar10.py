@@ -140,6 +140,12 @@ class CIFAR10(Dataset):
     def _load(self, split, root):
         return _load_split(self, str(self.directory(root)), split)
 
+    def verify_files(self, root=None) -> None:
+        directory = self.directory(resolve_root(root))
+        for split in ("train", "test"):
+            for fname in SPLIT_FILES[split]:
+                self.verify(directory / fname)
+
     def download(self, root=None) -> Path:
         """Fetch the official archive, verify its md5, extract the batch files (and nothing else)
         into ``<root>/cifar-10-batches-py/`` and verify each of them."""

@@ -95,14 +95,38 @@ class NMNIST(Dataset):
         self.frames = frames
 
     def _load(self, split, root):
-        subset = Path(root) / "nmnist-subset"
+        source, directory = self._source(Path(root))
+        if source == "subset":
+            return _load_subset(str(directory), split, self.frames)
+        return _load_tonic(str(directory), split, self.frames)
+
+    @staticmethod
+    def _source(root: Path) -> tuple[str, Path]:
+        subset = root / "nmnist-subset"
         if subset.is_dir():
-            return _load_subset(str(subset), split, self.frames)
-        full = Path(root) / "nmnist"
+            return "subset", subset
+        full = root / "nmnist"
         if full.is_dir():
-            return _load_tonic(str(full), split, self.frames)
+            return "full", full
         raise DataError(f"{subset}: not found (and no full set at {full}); expected N-MNIST files under the "
                         "data root: set --data-root / SNN_SUITE_DATA, or run `snn-suite data download nmnist`")
+
+    def verify_files(self, root=None) -> None:
+        """The subset's manifest, label files and recordings are there (checksums are checked
+        as they load); the full set is tonic's to check."""
+        from suite.data import resolve_root
+
+        source, directory = self._source(resolve_root(root))
+        if source != "subset":
+            return
+        manifest = _read_manifest(directory)
+        for split in ("train", "test"):
+            for sid, _ in _read_labels(_label_file(directory, split)):
+                path = directory / f"{split}/{sid}.bs2"
+                if f"{split}/{sid}.bs2" not in manifest:
+                    raise DataError(f"{path}: not listed in {directory / 'SHA256SUMS'}")
+                if not path.is_file():
+                    raise DataError(f"{path}: file not found")
 
     def download(self, root=None) -> Path:
         """Download the full N-MNIST with tonic (network needed)."""
@@ -143,13 +167,17 @@ def _read_labels(path: Path) -> list[tuple[int, int]]:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_subset(directory: str, split: str, frames: EventsToFrames) -> Split:
-    directory = Path(directory)
-    manifest = _read_manifest(directory)
+def _label_file(directory: Path, split: str) -> Path:
     label_files = sorted(directory.glob(f"{split}*.txt"))
     if len(label_files) != 1:
         raise DataError(f"{directory}: expected one label file {split}*.txt, found {[p.name for p in label_files]}")
-    label_file = label_files[0]
+    return label_files[0]
+
+
+def _load_subset(directory: str, split: str, frames: EventsToFrames) -> Split:
+    directory = Path(directory)
+    manifest = _read_manifest(directory)
+    label_file = _label_file(directory, split)
     want = manifest.get(label_file.name)
     if want is not None and sha256_file(label_file) != want:
         raise DataError(f"{label_file}: sha256 does not match {directory / 'SHA256SUMS'}")

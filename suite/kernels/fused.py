@@ -193,7 +193,7 @@ def psp_filter(x: torch.Tensor, tau_s: float) -> torch.Tensor:
     :func:`suite.neurons.psp` (a T x T matmul) and ~3.5x faster on the CPU at T = 5 and 50;
     other devices, or no Numba, use that reference."""
     if x.device.type != "cpu" or _numba_loops() is None:
-        from suite.neurons import psp
+        from suite.dynamics import psp
         return psp(x, tau_s)
     return FusedPSP.apply(x, 1.0 - 1.0 / tau_s, 1.0 / tau_s)
 

@@ -1,9 +1,9 @@
-"""Reference backend: a plain PyTorch loop over the step functions of :mod:`suite.neurons`."""
+"""Reference backend: a plain PyTorch loop over the step functions of :mod:`suite.dynamics`."""
 from __future__ import annotations
 
 import torch
 
-from suite.neurons import if_step, lif_step
+from suite.dynamics import if_step, lif_step
 
 
 def multi_step(x_seq: torch.Tensor, *, tau, v_threshold, v_reset, surrogate, decay_input=True,
