@@ -31,9 +31,9 @@ def _methods(df: pd.DataFrame):
     """Yield ``(dataset, arch, label, rows)`` for the ok rows of each method."""
     ok = df[df["status"] == "ok"]
     for (dataset, arch), grp in ok.groupby(["dataset", "arch"], sort=True):
-        several = grp["backend"].nunique() > 1
         for (rule, backend), g in grp.groupby(["rule", "backend"], sort=True):
-            yield dataset, arch, method_label(rule, backend, several), g
+            # the backend is named only where the rule ran on several
+            yield dataset, arch, method_label(rule, backend, grp[grp["rule"] == rule]["backend"].nunique() > 1), g
 
 
 def best_T(g: pd.DataFrame):

@@ -81,7 +81,8 @@ def matrix_from_args(args, host):
         if backend not in available_backends():
             raise SystemExit(f"error: unknown backend {backend!r}; valid: {', '.join(available_backends())}")
     return Matrix(entries=entries, seeds=_ints(args.seeds, "--seeds"), backends=backends,
-                  val_split=args.val_split, limit_train=args.limit_train, limit_val=args.limit_val,
+                  val_split=args.val_split, select=args.select, limit_train=args.limit_train,
+                  limit_val=args.limit_val,
                   limit_test=args.limit_test)
 
 
@@ -263,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: hold out the dataset's fixed validation split (5,000 samples for MNIST and "
                         "Fashion-MNIST, 10%% elsewhere) for per-epoch validation and selection; none: train "
                         "on the whole training set (no validation)")
+    r.add_argument("--select", default="last", choices=["last", "best_val"],
+                   help="which epoch's model is tested: the last, or the one with the best validation accuracy "
+                        "(needs the validation split)")
     r.add_argument("--curve", type=int, metavar="N",
                    help="per-epoch validation accuracy on the first N validation samples (default: all of "
                         "them; 0: only after the last epoch); kept in each row's extra.history")

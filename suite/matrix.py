@@ -10,6 +10,7 @@ for to the cells an executor runs. A matrix file::
     seeds = [0, 1, 2]
     timesteps = [1, 2, 4, 8, 16, 32]                   # evaluated from one pass
     epochs = 20                                        # one budget for every rule
+    select = "best_val"                                # test each run's best validation epoch (or "last")
     backends = ["auto"]
 
     [rules.surrogate_bptt_bn]                          # one table per rule; empty: the rule's defaults
@@ -42,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 TOP_KEYS = {"name", "description", "rules", "presets", "datasets", "archs", "seeds", "timesteps", "epochs",
-            "batch_size", "backends", "val_split", "limit_train", "limit_val", "limit_test", "tune"}
+            "batch_size", "backends", "val_split", "select", "limit_train", "limit_val", "limit_test", "tune"}
 RULE_KEYS = {"timesteps", "epochs", "batch_size", "options", "archs", "note"}
 ARCH_KEYS = {"timesteps", "batch_size", "options", "note"}
 TUNE_KEYS = {"trials", "epochs", "limit_train", "limit_val", "seed", "timesteps", "note"}
@@ -72,6 +73,7 @@ class Matrix:
     seeds: tuple[int, ...] = (0,)
     backends: tuple[str, ...] = ("auto",)
     val_split: str = "auto"
+    select: str = "last"                # "best_val": each run tests its best validation epoch
     limit_train: int | None = None
     limit_val: int | None = None
     limit_test: int | None = None
@@ -85,7 +87,7 @@ class Matrix:
         return [Cell(rule=e.rule, dataset=e.dataset, arch=e.arch, seed=s, timesteps=e.timesteps, epochs=e.epochs,
                      batch_size=e.batch_size, backend=b, options=e.options, data_root=data_root,
                      limit_train=self.limit_train, limit_test=self.limit_test, limit_val=self.limit_val,
-                     val_split=self.val_split, preset=e.preset, device=device, command=command, curve=curve)
+                     val_split=self.val_split, select=self.select, preset=e.preset, device=device, command=command, curve=curve)
                 for e in self.entries for s in self.seeds for b in self.backends]
 
     def meta(self) -> dict:
@@ -157,6 +159,10 @@ def parse_matrix(doc: dict, host, where: _Where) -> Matrix:
     val_split = _typed(doc, "val_split", str, where, default="auto")
     if val_split not in ("auto", "none"):
         raise where.error("val_split", f"expected 'auto' (the dataset's validation split) or 'none', got {val_split!r}")
+    select = _typed(doc, "select", str, where, default="last")
+    if select not in ("last", "best_val"):
+        raise where.error("select", f"expected 'last' (the last epoch) or 'best_val' (the best validation epoch), "
+                                    f"got {select!r}")
     limits = {k: _int(doc, k, where, minimum=1) for k in ("limit_train", "limit_val", "limit_test")}
 
     rule_tables = _typed(doc, "rules", (list, str, dict), where, default=[])
@@ -226,7 +232,8 @@ def parse_matrix(doc: dict, host, where: _Where) -> Matrix:
     for key in ("trials", "epochs", "limit_train", "limit_val"):
         _int(tune, key, where, minimum=1, table="tune")
     source = {"path": str(where.path), "sha256": hashlib.sha256(where.text.encode()).hexdigest(), "text": where.text}
-    return Matrix(entries=entries, seeds=seeds, backends=backends, val_split=val_split, name=name, tune=tune,
+    return Matrix(entries=entries, seeds=seeds, backends=backends, val_split=val_split, select=select, name=name,
+                  tune=tune,
                   source=source, **limits)
 
 

@@ -23,7 +23,7 @@ COLUMNS = [
     "rule", "paper", "dataset", "arch", "encoding", "backend", "T", "seed", "accuracy", "val_accuracy",
     "synops", "macs", "energy_pj", "spikes_per_sample", "train_time_s", "samples_per_s",
     "peak_mem_mb", "suite_version", "plugin_version", "config_hash", "status", "error",
-    "epochs", "train_T", "n_train", "n_test", "val_split", "cell_id", "preset", "command", "finished_at",
+    "epochs", "selected_epoch", "train_T", "n_train", "n_test", "val_split", "cell_id", "preset", "command", "finished_at",
     "device", "hp", "schema_version", "extra",
 ]
 FINAL_STATUSES = ("ok", "nan", "skipped")

@@ -51,6 +51,7 @@ class Cell:
     val_split: str = "auto"                     # "auto": the dataset's fixed validation split; "none": train on all
     limit_val: int | None = None
     evaluate_test: bool = True                  # False (tuning trials): validation only, the test set is never read
+    select: str = "last"                        # "best_val": test the epoch with the best validation accuracy
 
     def config(self) -> dict:
         d = asdict(self)
@@ -184,6 +185,10 @@ def run_cell(cell: Cell, host=None, progress: bool = False, checkpoint_dir: Path
         hp = base["hp"] = check_options(rule, dict(cell.options))
         if cell.val_split not in ("auto", "none"):
             raise ValueError(f"val_split {cell.val_split!r}: expected 'auto' (the dataset's validation split) or 'none'")
+        if cell.select not in ("last", "best_val"):
+            raise ValueError(f"select {cell.select!r}: expected 'last' or 'best_val'")
+        if cell.select == "best_val" and (cell.val_split == "none" or cell.curve == 0):
+            raise ValueError("select 'best_val' needs per-epoch validation: a validation split and --curve other than 0")
         base["encoding"] = "events" if dataset.kind == "events" and rule.temporal else hp.get("encoding", rule.encoding)
     except Exception as exc:
         return fail("failed", f"{type(exc).__name__}: {exc}")
@@ -245,6 +250,7 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
     model = rule.build(arch, tuple(dataset.input_shape), dataset.n_classes, base["backend"], hp).to(device)
     optimizer, scheduler, interval = rule.configure_optimizer(model, ctx)
     start_epoch, train_time, last, history = 0, 0.0, {}, []
+    best = None  # select="best_val": (score, epoch, model state on the CPU) of the best validation epoch so far
     if ckpt is not None and ckpt.is_file():
         state = torch.load(ckpt, weights_only=False)
         model.load_state_dict(state["model"])
@@ -256,7 +262,7 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
         shuffle.set_state(state["shuffle"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch, train_time, ctx.step = state["epoch"], state["train_time"], state["step"]
-        history = state.get("history", [])
+        history, best = state.get("history", []), state.get("best")
 
     bar = None
     if progress:
@@ -292,11 +298,14 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
         else:
             point = {"epoch": epoch + 1, "train_time_s": train_time, "train_loss": train_loss}
         history.append(point)
+        if cell.select == "best_val" and (best is None or max(point["val_accuracy"]) > best[0]):
+            best = (max(point["val_accuracy"]), epoch + 1,
+                    {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
         if on_epoch is not None:
             on_epoch(point)
         if ckpt is not None and epoch + 1 < epochs:
             _save_checkpoint(ckpt, {"model": model.state_dict(), "epoch": epoch + 1, "step": ctx.step,
-                                    "history": history,
+                                    "history": history, "best": best,
                                     "optimizer": optimizer.state_dict() if optimizer is not None else None,
                                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                                     "generator": ctx.generator.get_state(), "shuffle": shuffle.get_state(),
@@ -304,11 +313,17 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
     if bar is not None:
         bar.close()
 
-    # Validation at every T: the last epoch's point where it covered the whole split, else one pass now.
+    # The model tested: the last epoch's, or (select="best_val") the best validation epoch's.
+    selected = history[-1] if history else None
+    if best is not None and best[1] != epochs:
+        model.load_state_dict(best[2])
+        selected = history[best[1] - 1]
+    base["selected_epoch"] = selected["epoch"] if selected else epochs
+    # Validation at every T: the selected epoch's point where it covered the whole split, else one pass now.
     val_acc = None
     if yval is not None:
-        if history and history[-1].get("n_val") == len(yval):
-            val_acc = history[-1]["val_accuracy"]
+        if selected is not None and selected.get("n_val") == len(yval):
+            val_acc = selected["val_accuracy"]
         else:
             val_acc = _validation_point(rule, model, ctx, xval, yval, timesteps, rows_T, device, bs, epochs,
                                         train_time, None, cell)["val_accuracy"]

@@ -86,7 +86,7 @@ class Plan:
                     timesteps=entry.timesteps, epochs=self.epochs, batch_size=entry.batch_size,
                     backend=self.matrix.backends[0], options=tuple(sorted({**dict(entry.options), **params}.items())),
                     data_root=self.data_root, limit_train=self.limit_train, limit_val=self.limit_val,
-                    val_split="auto", evaluate_test=False, device=self.device, curve=None,
+                    val_split="auto", select=self.matrix.select, evaluate_test=False, device=self.device, curve=None,
                     command="snn-suite tune (trial)")
 
 
@@ -303,7 +303,7 @@ def write_tuned(plan: Plan, host, storage, entries, budget: dict, seconds: float
     archs = list(dict.fromkeys(e.arch for e in m.entries))
     lines += [f"datasets = {_toml_value(datasets)}", f"archs = {_toml_value(archs)}",
               f"seeds = {_toml_value(list(m.seeds))}", f"backends = {_toml_value(list(m.backends))}",
-              f"val_split = {_toml_value(m.val_split)}"]
+              f"val_split = {_toml_value(m.val_split)}", f"select = {_toml_value(m.select)}"]
     for k in ("limit_train", "limit_val", "limit_test"):
         if getattr(m, k):
             lines.append(f"{k} = {getattr(m, k)}")

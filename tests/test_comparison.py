@@ -81,6 +81,26 @@ def test_test_set_is_read_once_at_the_end_and_never_by_a_tuning_trial(evaluate_t
     assert rows[0]["val_split"]["n_val"] == 144 and rows[0]["n_train"] == 300
 
 
+def test_select_best_val_tests_the_best_validation_epoch(host):
+    from suite.train import Cell, run_cell
+
+    kw = dict(timesteps=(1, 4), epochs=4, limit_train=200, options=(("lr", 0.05),))
+    last = run_cell(Cell("surrogate_bptt_bn", "digits", "mlp128", **kw), host)
+    best = run_cell(Cell("surrogate_bptt_bn", "digits", "mlp128", select="best_val", **kw), host)
+    hist = best[0]["extra"]["history"]
+    scores = [max(r["extra"]["history"][e]["val_accuracy"] for r in best) for e in range(4)]
+    chosen = 1 + max(range(4), key=lambda e: (scores[e], -e))            # first epoch with the best score
+    assert best[0]["selected_epoch"] == chosen and last[0]["selected_epoch"] == 4
+    assert [p["val_accuracy"] for p in hist] == [p["val_accuracy"] for p in last[0]["extra"]["history"]]
+    for r in best:  # the row's validation accuracy is the chosen epoch's
+        assert r["val_accuracy"] == pytest.approx(r["extra"]["history"][chosen - 1]["val_accuracy"])
+    if chosen == 4:
+        assert [r["accuracy"] for r in best] == [r["accuracy"] for r in last]
+    # without per-epoch validation there is nothing to select on
+    rows = run_cell(Cell("surrogate_bptt_bn", "digits", "mlp128", select="best_val", curve=0, **kw), host)
+    assert rows[0]["status"] == "failed" and "needs per-epoch validation" in rows[0]["error"]
+
+
 # ---------------------------------------------------------------------- matrix files
 GOOD = """\
 name = "t"
