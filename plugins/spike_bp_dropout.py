@@ -107,6 +107,8 @@ SEARCH_SPACE = {
     "v_threshold": ("float", 0.5, 2.0),
     "dropout": ("float", 0.0, 0.3),
     "weight_decay": ("log", 1e-6, 1e-3),
+    "pool_threshold": ("float", 0.25, 1.0),
+    "init_gain": ("float", 1.0, 6.0),       # the paper's code sets it per network (VGG 2, ResNet 1)
 }
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)   # the code's transforms.Normalize values

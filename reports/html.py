@@ -356,9 +356,10 @@ def _comparison(df: pd.DataFrame) -> list[str]:
              "best T. Paired differences compare two methods seed by seed, each at its best T; a winner is named "
              "only where the 95 % interval of the difference excludes zero.</p>"]
     for (dataset, arch), g in mt.groupby(["dataset", "arch"], sort=True):
-        g = g.sort_values("acc_best", ascending=False).assign(
-            energy_nj=g["energy_pj"] / 1e3,
-            best=[("" if b is None or (isinstance(b, float) and math.isnan(b)) else str(int(b))) for b in g["best_T"]])
+        g = g.sort_values("acc_best", ascending=False)
+        g = g.assign(energy_nj=g["energy_pj"] / 1e3,
+                     best=["" if b is None or (isinstance(b, float) and math.isnan(b)) else str(int(b))
+                           for b in g["best_T"]])
         parts.append(f"<h3>{escape(str(dataset))} / {escape(str(arch))}</h3>")
         parts.append(_table(g, ["method", "seeds", "acc_T4", "acc_T16", "best", "acc_best", "val_best", "synops",
                                 "energy_nj", "train_time_s"],

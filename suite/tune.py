@@ -183,9 +183,10 @@ def _requeue_interrupted(study) -> int:
 
 def tune(matrix: Matrix, out, host, *, trials: int, epochs: int, limit_train: int | None = None,
          limit_val: int | None = None, seed: int = 0, jobs: int = 1, resume: bool = False, data_root=None,
-         device: str = "cpu", log=print) -> Path:
+         device: str = "cpu", log=None) -> Path:
     """Run every study of the matrix to its budget; returns the path of ``tuned.toml``."""
     optuna = _require_optuna()
+    log = log or (lambda *a: print(*a, flush=True))
     out = Path(out)
     plan = Plan(matrix, out, trials=trials, epochs=epochs, limit_train=limit_train, limit_val=limit_val,
                 seed=seed, data_root=data_root, device=device)

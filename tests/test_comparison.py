@@ -256,16 +256,19 @@ def test_best_T_is_chosen_on_validation_and_the_report_leads_with_the_comparison
                 for T, acc, val in zip((4, 8, 16), accs, vals)]
 
     for s in (0, 1, 2):
-        # test accuracy peaks at T=8, validation at T=4: best T must be 4
-        write_cell(tmp_path, f"x{s}", rows("x", s, (0.80 + s / 1000, 0.95, 0.90), (0.9, 0.8, 0.7)))
-        write_cell(tmp_path, f"y{s}", rows("y", s, (0.70, 0.71 + s / 1000, 0.72), (0.6, 0.7, 0.8)))
+        # test accuracy peaks at T=8, validation at T=4: best T must be 4 (names sort against accuracy)
+        write_cell(tmp_path, f"z{s}", rows("zeta", s, (0.80 + s / 1000, 0.95, 0.90), (0.9, 0.8, 0.7)))
+        write_cell(tmp_path, f"a{s}", rows("alpha", s, (0.70, 0.71 + s / 1000, 0.72), (0.6, 0.7, 0.8)))
     df = read_frame(tmp_path)
     mt = method_table(df).set_index("method")
-    assert mt.loc["x", "best_T"] == 4 and mt.loc["y", "best_T"] == 16
-    assert mt.loc["x", "acc_best"] == pytest.approx(0.801)
+    assert mt.loc["zeta", "best_T"] == 4 and mt.loc["alpha", "best_T"] == 16
+    assert mt.loc["zeta", "acc_best"] == pytest.approx(0.801)
     (pair,) = paired_table(df).to_dict("records")
-    assert pair["verdict"] == "x > y" and pair["diff"] == pytest.approx(0.081)
+    assert pair["verdict"] == "zeta > alpha" and (pair["A"], pair["diff"]) == ("alpha", pytest.approx(-0.081))
     text = markdown(df)
-    assert "| x | 80.10 ± 0.25 | 90.00 | 4 | 80.10 ± 0.25 |" in text and "- x > y: 8.10 points" in text
+    assert "| zeta | 80.10 ± 0.25 | 90.00 | 4 | 80.10 ± 0.25 |" in text and "- zeta > alpha: 8.10 points" in text
     page = render(df, [str(tmp_path)], [])
     assert page.index("id='comparison'") < page.index("id='acc-T'")
+    table = page[page.index("id='comparison'"):page.index("<details open>")]
+    assert '<td class="l">alpha</td><td class="">3</td><td class="">70.00 ± 0.00</td><td class="">72.00 ± 0.00</td>' \
+        '<td class="l">16</td>' in table  # each method's row holds its own best T

@@ -6,7 +6,7 @@ import shlex
 from pathlib import Path
 
 from suite.cli import build_parser
-from suite.matrix import select_presets
+from suite.matrix import load_matrix
 from suite.host import create_host
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,11 +24,12 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert "pytest" in test_cmd and "snn-suite run" in main_job
 
 
-def test_readme_main_job_parses_and_its_presets_exist():
+def test_readme_main_job_parses_and_runs_the_digits_comparison():
     main_job = _readme_commands()[0]
     argv = shlex.split(main_job.split(".venv/bin/snn-suite", 1)[1])
     args = build_parser().parse_args(argv)
-    presets = select_presets(create_host(), args.preset)
-    assert {p["dataset"] for p in presets} == {"digits"}
+    matrix = load_matrix(ROOT / args.matrix, create_host())
+    assert {e.dataset for e in matrix.entries} == {"digits"} and len(matrix.seeds) == 3
     assert {"cnn", "ann2snn", "surrogate_bptt_bn", "lee_bp", "spike_bp_dropout", "tssl_bp", "sstdp"} <= {
-        p["rule"] for p in presets}
+        e.rule for e in matrix.entries}
+    assert args.report and matrix.select == "best_val"
