@@ -105,6 +105,9 @@ def cmd_run(args, host) -> int:
     if args.curve is not None and args.curve < 0:
         raise SystemExit(f"error: --curve expects a number of validation samples >= 0, got {args.curve}")
     cells = matrix.cells(data_root=args.data_root, device=args.device, command=command, curve=args.curve)
+    if args.save_models:
+        from dataclasses import replace
+        cells = [replace(c, save_models=True) for c in cells]
     check_cells(host, cells, executor=args.executor, ray_address=args.ray_address)
     out = Path(args.out)
     write_run_meta(out, {"command": command, "environment": environment(), "cells": len(cells), **matrix.meta()})
@@ -270,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--curve", type=int, metavar="N",
                    help="per-epoch validation accuracy on the first N validation samples (default: all of "
                         "them; 0: only after the last epoch); kept in each row's extra.history")
+    r.add_argument("--save-models", action="store_true",
+                   help="keep each finished cell's trained model in OUT/models/<cell_id>.pt (see `snn-suite export`)")
     r.add_argument("--report", metavar="HTML", help="also write the HTML report here")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
