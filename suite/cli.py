@@ -218,6 +218,15 @@ def cmd_data(args, host) -> int:
     return status
 
 
+def cmd_export(args, host) -> int:
+    from suite.nir import export_model
+
+    graph = export_model(args.model, args.output, dt=args.dt, host=host)
+    kinds = ", ".join(f"{k}: {type(v).__name__}" for k, v in graph.nodes.items())
+    print(f"wrote {args.output} (NIR, dt={args.dt:g} s): {kinds}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="snn-suite", description=DESCRIPTION)
     p.add_argument("--version", action="version", version=f"%(prog)s {suite.__version__}",
@@ -317,6 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="recompute energy with another model: 45nm_fp32 (default of the runs), 45nm_fp16, "
                          "45nm_int32, 45nm_int8 or mac=<pJ>,ac=<pJ>[,neuron=<pJ>]")
     rp.set_defaults(func=cmd_report)
+
+    ex = sub.add_parser("export", help="write a saved model (run --save-models) as an NIR graph")
+    ex.add_argument("model", help="OUT/models/<cell_id>.pt")
+    ex.add_argument("-o", "--output", default="model.nir")
+    ex.add_argument("--dt", type=float, default=1e-4,
+                    help="NIR time step in seconds (default 1e-4, the step snnTorch's importer assumes)")
+    ex.set_defaults(func=cmd_export)
 
     d = sub.add_parser("data", help="check or download datasets")
     d.add_argument("action", choices=["check", "download"],
