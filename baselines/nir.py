@@ -11,9 +11,11 @@ Euler with step ``dt``; ``--set dt=...``, default the graph's ``metadata["dt"]``
 step snnTorch's importer assumes), spikes at ``v > v_threshold`` as snnTorch and Norse fire.
 Input: the dataset's samples reshaped to the graph's input type (same number of elements), fed
 through the encoding ``--set encoding=`` (default ``direct``: the same analog current every
-step). Prediction at T: the graph output summed over steps 1..T (spike counts, or the summed
+step; ``poisson`` with ``--set input_gain=``). A graph ``snn-suite export`` wrote records the
+encoding its rule used, and a mismatch is an error naming the settings to pass. Prediction at T: the graph output summed over steps 1..T (spike counts, or the summed
 output current of a graph that ends in a weight layer); a graph that ends in a leaky integrator
-(``nir.LI``) is read from its potential at step T (``--set readout=sum|last`` overrides).
+(``nir.LI``) is read from its potential at step T; ``metadata["readout"]`` (``snn-suite export``
+writes it) or ``--set readout=sum|last`` decides where given.
 
 Supported nodes: Input, Output, Affine, Linear, Conv2d, Flatten, AvgPool2d, SumPool2d, Scale,
 IF, LIF, LI, CubaLIF (feed-forward; a graph with recurrent edges is refused with the node named).
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from suite.baselines.conversion import SteppedOpCounter
+from suite.encoders import create_encoder
 from suite.hookspecs import hookimpl
 from suite.rule import Rule
 
@@ -36,6 +39,7 @@ DEFAULTS = {
     "T": 8,
     "dt": 0.0,            # 0: the graph's metadata["dt"], else 1e-4
     "encoding": "direct",
+    "input_gain": 1.0,    # spike probability per step = gain * x for encoding=poisson
     "readout": "auto",    # auto | sum | last
     "batch_size": 256,
     "epochs": 0,          # evaluate only
@@ -252,7 +256,8 @@ class NIRNet(nn.Module):
         self.output_shape = tuple(int(d) for d in np.asarray(graph.nodes[dst].output_type["output"]).reshape(-1))
         last = [a for a, b in graph.edges if b == dst]
         if readout == "auto":
-            readout = "last" if last and isinstance(graph.nodes[last[0]], nir.LI) else "sum"
+            readout = str(self.metadata.get("readout") or
+                          ("last" if last and isinstance(graph.nodes[last[0]], nir.LI) else "sum"))
         if readout not in ("sum", "last"):
             raise ValueError(f"rule 'nir': readout must be auto, sum or last, got {readout!r}")
         self.readout = readout
@@ -286,11 +291,24 @@ class NIRBaseline(Rule):
         if int(np.prod(net.output_shape)) != n_classes:
             raise NIRGraphError(f"rule 'nir': {hp['graph']}: the graph has {int(np.prod(net.output_shape))} "
                                 f"outputs, the dataset {n_classes} classes")
-        enc = net.metadata.get("encoding")
-        if net.metadata.get("source") == "snn-suite" and enc and enc != hp["encoding"]:
-            raise NIRGraphError(f"rule 'nir': {hp['graph']} was exported from a {net.metadata.get('rule')!r} model "
-                                f"that encodes its input as {enc!r}; pass --set encoding={enc}")
+        meta = net.metadata
+        if meta.get("source") == "snn-suite":
+            want = {"encoding": meta.get("encoding", "direct"), "input_gain": float(meta.get("input_gain", 1.0))}
+            if want["encoding"] != "poisson":
+                want.pop("input_gain")
+            wrong = {k: v for k, v in want.items() if hp[k] != v}
+            if wrong:
+                raise NIRGraphError(f"rule 'nir': {hp['graph']} was exported from a {meta.get('rule')!r} model whose "
+                                    f"input was encoded with {want}; pass "
+                                    + " ".join(f"--set {k}={v}" for k, v in want.items()))
         return net
+
+    def encode(self, x, T, ctx):
+        if ctx.data_kind == "events":
+            return super().encode(x, T, ctx)
+        name = ctx.hp["encoding"]
+        kwargs = {"gain": float(ctx.hp["input_gain"])} if name == "poisson" else {}
+        return create_encoder(name, **kwargs)(x, T, ctx.generator)
 
     def configure_optimizer(self, model, ctx):
         return None, None, "epoch"

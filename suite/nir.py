@@ -31,7 +31,7 @@ batch norm folded into the layer before it (eval statistics), average pooling as
 ``nir.AvgPool2d``, flattening as ``nir.Flatten`` over the per-sample shape (``start_dim=0``:
 NIR's types carry no batch dimension, so snnTorch's and Norse's modules take one sample per
 call), dropout dropped (identity at evaluation), suite ``LIF``/``IF`` neurons that reset to a
-value. The classifier's output current is the graph's output; the suite reads the prediction
+value, and spike_bp_dropout's LIF, average-pool IF and leaky-integrator readout (``nir.LI``). The classifier's output current is the graph's output; the suite reads the prediction
 from its sum over steps. Graph metadata: ``dt``, the rule, dataset, input shape, encoding and
 readout, so the ``nir`` baseline evaluates the file as the suite did.
 
@@ -165,23 +165,52 @@ def _pool(chain: _Chain, name: str, mod: nn.Module) -> None:
 
 
 def _neuron(chain: _Chain, name: str, mod: LIF, dt: float) -> None:
-    nir = chain.nir
     kind = "IF" if mod.tau is None else "LIF"
     if mod.v_reset is None:
         raise NIRExportError(f"layer {name!r} ({type(mod).__name__}): {kind} with reset by subtraction; NIR's IF and "
                              "LIF nodes reset the membrane to v_reset, so the network cannot be written exactly")
-    theta, v0 = chain.full(mod.v_threshold), chain.full(mod.v_reset)
-    if mod.tau is None:
+    _spiking(chain, name, mod.tau, mod.decay_input, mod.v_threshold, mod.v_reset, dt)
+
+
+def _spiking(chain: _Chain, name: str, tau_d, decay_input: bool, v_threshold: float, v_reset: float,
+             dt: float) -> None:
+    """An IF (``tau_d`` None) or LIF neuron that resets to ``v_reset``; see the module docstring."""
+    nir = chain.nir
+    theta, v0 = chain.full(v_threshold), chain.full(v_reset)
+    if tau_d is None:
         chain.add(name, nir.IF(r=chain.full(1.0), v_threshold=theta, v_reset=v0), chain.shape)
         return
-    tau_d = float(mod.tau)
-    if not mod.decay_input and tau_d != 1.0:
+    tau_d = float(tau_d)
+    if not decay_input and tau_d != 1.0:
         # h = (1 - 1/tau_d) v + x  ==  v + (tau_d x - v) / tau_d: the input gain tau_d goes into the weights
         key, node = chain.last_weight(name, "a LIF neuron without input decay")
         node.weight = node.weight * tau_d
         node.bias = node.bias * tau_d
     chain.add(name, nir.LIF(tau=chain.full(tau_d * dt), r=chain.full(1.0), v_leak=v0, v_threshold=theta,
                             v_reset=v0), chain.shape)
+
+
+def _spike_bp(chain: _Chain, name: str, mod: nn.Module, dt: float) -> None:
+    """spike_bp_dropout's layers (Lee et al. 2020), matched by class name so the plugin need not be
+    importable: its LIF ``h = u + I``, ``u = leak h (1 - s)`` is the no-input-decay LIF with
+    ``tau_d = 1 / (1 - leak)``; ``AvgPoolIF`` is an average pool and an IF resetting to 0; the
+    readout ``v[t] = leak (v[t-1] + I[t])`` is ``nir.LI`` with ``dt/tau = 1 - leak`` and
+    ``r = leak / (1 - leak)``. The readout's division of ``v[t]`` by ``theta t`` (positive at each
+    t, so the same prediction) is not part of the network and is not written."""
+    cls = type(mod).__name__
+    if cls == "SpikeBPLIF":
+        _spiking(chain, name, 1.0 / (1.0 - mod.leak), False, mod.v_threshold, 0.0, dt)
+    elif cls == "AvgPoolIF":
+        if mod.k > 1:
+            _pool(chain, name + "_pool", nn.AvgPool2d(mod.k))
+        _spiking(chain, name, None, True, mod.v_threshold, 0.0, dt)
+    elif cls == "LeakyIntegratorReadout":
+        k = 1.0 - mod.leak
+        chain.add(name, chain.nir.LI(tau=chain.full(dt / k), r=chain.full(mod.leak / k), v_leak=chain.full(0.0)),
+                  chain.shape)
+
+
+SPIKE_BP = ("SpikeBPLIF", "AvgPoolIF", "LeakyIntegratorReadout")
 
 
 def _flatten(chain: _Chain, name: str) -> None:
@@ -237,7 +266,9 @@ def to_nir(model: nn.Module, input_shape, dt: float = DEFAULT_DT, metadata: dict
             _neuron(chain, name, mod, dt)
         elif isinstance(mod, (Flatten, nn.Flatten)):
             _flatten(chain, name)
-        elif isinstance(mod, (nn.Dropout, nn.Identity)):
+        elif cls in SPIKE_BP:
+            _spike_bp(chain, name, mod, dt)
+        elif isinstance(mod, (nn.Dropout, nn.Identity)) or cls == "TimeFixedDropout":
             continue
         elif isinstance(mod, (nn.AvgPool2d, nn.MaxPool2d, nn.MaxPool1d, nn.AdaptiveMaxPool2d)):
             _pool(chain, name, mod)
@@ -249,7 +280,7 @@ def to_nir(model: nn.Module, input_shape, dt: float = DEFAULT_DT, metadata: dict
     for key, node in chain.nodes:
         if hasattr(node, "weight"):
             node.weight = node.weight.astype(np.float32)
-        for attr in ("bias", "tau", "r", "v_leak", "v_threshold", "v_reset"):
+        for attr in ("bias", "tau", "r", "v_leak", "v_threshold", "v_reset"):  # float32, as the importers run
             if isinstance(getattr(node, attr, None), np.ndarray) and getattr(node, attr).dtype.kind == "f":
                 setattr(node, attr, getattr(node, attr).astype(np.float32))
         nodes[key] = node
@@ -259,16 +290,26 @@ def to_nir(model: nn.Module, input_shape, dt: float = DEFAULT_DT, metadata: dict
                         metadata={"dt": float(dt), **(metadata or {})})
 
 
+def _host():
+    from suite.host import create_host
+    return create_host()
+
+
 def export_model(model_file, output, dt: float = DEFAULT_DT, host=None) -> "object":
     """Read a saved model, translate it and write ``output`` atomically; returns the graph."""
     nir = require_nir()
+    host = host or _host()
     model, info = load_model(model_file, host=host, backend="torch")
     meta = {"source": "snn-suite", "rule": info["rule"], "plugin_version": info.get("plugin_version", ""),
-            "dataset": info["dataset"], "encoding": info.get("encoding") or "direct", "readout": "sum",
+            "dataset": info["dataset"], "encoding": info.get("encoding") or "direct", "input_gain": 1.0,
             "input_shape": np.array(info["input_shape"]), "cell_id": info["cell_id"],
             "train_T": int(info["train_T"] or 0)}
     try:
+        rule = host.rule(info["rule"])
+        if hasattr(rule, "nir_input"):  # a rule whose own encoder is a standard one in disguise says so
+            meta.update(rule.nir_input(dict(info["hp"])))
         graph = to_nir(model, tuple(info["input_shape"]), dt=dt, metadata=meta)
+        graph.metadata["readout"] = "last" if isinstance(list(graph.nodes.values())[-2], nir.LI) else "sum"
     except NIRExportError as exc:
         raise NIRExportError(f"{model_file}: rule {info['rule']!r} cannot be exported to NIR: {exc}") from None
     write_atomic(Path(output), lambda tmp: nir.write(tmp, graph))

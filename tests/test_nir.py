@@ -259,3 +259,63 @@ def test_nir_baseline_errors_name_the_file(tmp_path, capsys):
                  "--out", str(tmp_path / "b"), "--quiet"]) == 1
     (f,) = (tmp_path / "b" / "cells").glob("*.jsonl")
     assert f"{tmp_path / 'junk.nir'} is not a readable NIR graph" in f.read_text()
+
+
+def _conv_model(rule_name: str):
+    """A random conv net the rule builds for 8x8 digits (conv, avg-pool, flatten, fc), eval mode,
+    batch-norm statistics made non-trivial so that folding them matters."""
+    host = create_host()
+    rule = host.rule(rule_name)
+    torch.manual_seed(1)
+    model = rule.build(ArchSpec("tiny_conv", "6C3p1-P2-16"), (1, 8, 8), 10, "torch", dict(rule.defaults)).eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d) or isinstance(m, nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.3, 0.3), m.running_var.uniform_(0.5, 2.0), m.weight.data.uniform_(0.5, 1.5)
+    return model
+
+
+def test_conv_net_round_trip_through_snntorch(tmp_path):
+    """surrogate_bptt_bn's conv/avg-pool/flatten/BN network: identical spikes in snnTorch."""
+    import snntorch
+    import snntorch.utils
+    from snntorch.import_nir import import_from_nir
+
+    model = _conv_model("surrogate_bptt_bn")
+    graph = to_nir(model, (1, 8, 8))
+    assert [type(n).__name__ for n in graph.nodes.values()] == \
+        ["Input", "Conv2d", "LIF", "AvgPool2d", "Flatten", "Affine", "LIF", "Affine", "Output"]
+    nir.write(tmp_path / "c.nir", graph)
+    T, B = 6, 12
+    x = _digits(B) * 2.0
+    x_seq = x.unsqueeze(0).expand(T, *x.shape)
+    with torch.no_grad():
+        out = model(x_seq)
+    sn = import_from_nir(nir.read(str(tmp_path / "c.nir")))
+    got = torch.zeros_like(out)
+    for b in range(B):
+        snntorch.utils.reset(sn)
+        with torch.no_grad():
+            for t in range(T):
+                got[t, b] = sn(x[b])[0]
+    assert out.abs().sum() > 0
+    torch.testing.assert_close(got, out, rtol=1e-4, atol=1e-4)
+
+
+def test_spike_bp_dropout_conv_net_exports_exactly(tmp_path):
+    """spike_bp_dropout's LIF (leak after reset), avg-pool IF (threshold 0.75) and leaky-integrator
+    readout, against the `nir` baseline's module on the same input spikes: same prediction at every
+    step (the rule's readout divides by theta t, a positive factor the graph leaves out)."""
+    model = _conv_model("spike_bp_dropout")
+    graph = to_nir(model, (1, 8, 8))
+    assert [type(n).__name__ for n in graph.nodes.values()] == \
+        ["Input", "Conv2d", "LIF", "AvgPool2d", "IF", "Flatten", "Affine", "LIF", "Affine", "LI", "Output"]
+    nir.write(tmp_path / "s.nir", graph)
+    T, B = 10, 32
+    gen = torch.Generator().manual_seed(0)
+    x_seq = (torch.rand(T, B, 1, 8, 8, generator=gen) < _digits(B).clamp(0, 1)).float()
+    with torch.no_grad():
+        out = model(x_seq)
+        got = NIRNet(tmp_path / "s.nir")(x_seq)
+    steps = torch.arange(1, T + 1).view(T, 1, 1)
+    torch.testing.assert_close(got, out * steps, rtol=1e-4, atol=1e-4)  # v[t] = (v[t] / (theta t)) * t, theta = 1
+    assert torch.equal(got.argmax(-1), out.argmax(-1))
