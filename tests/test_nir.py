@@ -319,3 +319,28 @@ def test_spike_bp_dropout_conv_net_exports_exactly(tmp_path):
     steps = torch.arange(1, T + 1).view(T, 1, 1)
     torch.testing.assert_close(got, out * steps, rtol=1e-4, atol=1e-4)  # v[t] = (v[t] / (theta t)) * t, theta = 1
     assert torch.equal(got.argmax(-1), out.argmax(-1))
+
+
+def test_neurobench_static_metrics_agree_with_neurobench_on_a_saved_model(trained, tmp_path):
+    from neurobench.metrics.static import ConnectionSparsity, Footprint, ParameterCount
+    from neurobench.models import TorchModel
+
+    from suite.model_metrics import static_metrics
+    from suite.reports.html import write_report
+
+    out, model_file, _, rows = trained
+    model, _ = load_model(model_file)
+    nb = rows[0]["extra"]["neurobench"]
+    assert {k: nb[k] for k in ("parameter_count", "footprint_bytes", "connection_sparsity")} == static_metrics(model)
+    assert nb["synaptic_operations"]["Effective_ACs"] == rows[0]["synops"]
+    assert 0.0 < nb["activation_sparsity"] < 1.0
+    with torch.no_grad():  # prune a third of the hidden weights so that sparsity is not trivially 0
+        w = model[1].module.weight
+        w[torch.rand(w.shape, generator=torch.Generator().manual_seed(0)) < 1 / 3] = 0.0
+    ours, ref = static_metrics(model), TorchModel(model)
+    assert ours["parameter_count"] == ParameterCount()(ref) == 64 * 128 + 128 + 2 * 128 + 128 * 10 + 10
+    assert ours["footprint_bytes"] == Footprint()(ref)
+    assert ours["connection_sparsity"] == pytest.approx(ConnectionSparsity()(ref), abs=5e-5)
+    assert ours["connection_sparsity"] > 0.2
+    html = write_report([out], tmp_path / "r.html").read_text()
+    assert "Model metrics (NeuroBench)" in html and f"{nb['parameter_count']:,}" in html
