@@ -245,8 +245,9 @@ class NIRNet(nn.Module):
 
     def __init__(self, path, dt: float = 0.0, readout: str = "auto"):
         super().__init__()
-        import nirtorch
+        from suite.nir import require_nir
 
+        nirtorch = require_nir("nirtorch")
         nir, graph = read_graph(path)
         src, dst = _check_graph(nir, graph, path)
         meta = dict(graph.metadata or {})
@@ -280,6 +281,7 @@ class NIRBaseline(Rule):
     neuron = "NIR"
     encoding = "direct"
     defaults = DEFAULTS
+    named_only = True  # not part of --rules all: it needs --set graph=
 
     def build(self, arch, input_shape, n_classes, backend, hp):
         if not hp["graph"]:

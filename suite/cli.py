@@ -221,7 +221,10 @@ def cmd_data(args, host) -> int:
 def cmd_export(args, host) -> int:
     from suite.nir import export_model
 
-    graph = export_model(args.model, args.output, dt=args.dt, host=host)
+    try:
+        graph = export_model(args.model, args.output, dt=args.dt, host=host)
+    except ImportError as exc:
+        raise SystemExit(f"error: {exc}") from None
     kinds = ", ".join(f"{k}: {type(v).__name__}" for k, v in graph.nodes.items())
     print(f"wrote {args.output} (NIR, dt={args.dt:g} s): {kinds}")
     return 0

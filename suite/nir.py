@@ -62,12 +62,14 @@ class NIRExportError(ValueError):
     """The network (or one layer of it) has no exact NIR form; the message names the layer and why."""
 
 
-def require_nir():
+def require_nir(module: str = "nir"):
+    """``nir`` (or ``nirtorch``), or an ImportError naming the extra that installs it."""
+    import importlib
+
     try:
-        import nir
+        return importlib.import_module(module)
     except ImportError as exc:
         raise ImportError(f"{NEED} ({exc})") from exc
-    return nir
 
 
 #: layer classes with no exact NIR form, by class name (plugins need not be importable here)

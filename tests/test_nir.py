@@ -344,3 +344,9 @@ def test_neurobench_static_metrics_agree_with_neurobench_on_a_saved_model(traine
     assert ours["connection_sparsity"] > 0.2
     html = write_report([out], tmp_path / "r.html").read_text()
     assert "Model metrics (NeuroBench)" in html and f"{nb['parameter_count']:,}" in html
+
+
+def test_rules_all_leaves_out_the_nir_baseline():
+    host = create_host()
+    assert "nir" in host.rules and "nir" not in host.select_rules("all")
+    assert host.select_rules("nir") == ["nir"]
