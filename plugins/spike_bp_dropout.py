@@ -613,7 +613,7 @@ class SpikeBPDropout(Rule):
             for m in drops:
                 m.generator = None
 
-    def nir_input(self, hp) -> dict:
+    def nir_input(self, hp, info) -> dict:
         """The input as ``snn-suite export`` describes it to the ``nir`` baseline: for inputs >= 0
         without normalisation, ``1[gain |x| > U] sign(x)`` is the ``poisson`` encoder with that gain
         (the same draws from the same generator)."""

@@ -35,9 +35,12 @@ value, and spike_bp_dropout's LIF, average-pool IF and leaky-integrator readout 
 from its sum over steps. Graph metadata: ``dt``, the rule, dataset, input shape, encoding and
 readout, so the ``nir`` baseline evaluates the file as the suite did.
 
+TSSL-BP's PSP filter + SRM neuron is written as ``nir.CubaLIF``, its output PSP as ``nir.LI``,
+its sum pooling as ``nir.SumPool2d``, and its input normalisation folded into the first layer.
+
 Refused (no exact NIR node): reset by subtraction (``ann2snn``, the example rule's IF: NIR's IF
 and LIF reset to ``v_reset``), max pooling, lee_bp's in-step winner-take-all inhibition and
-membrane clip, SSTDP's fire-once TTFS neuron, TSSL-BP's SRM neuron, and anything unknown.
+membrane clip, SSTDP's fire-once TTFS neuron, and anything unknown.
 """
 from __future__ import annotations
 
@@ -78,10 +81,6 @@ REFUSED = {
               "(winner-take-all, kappa) and clips its membrane at -theta; NIR has no node for either",
     "LeeLayer": "lee_bp's layer couples its neurons by in-step winner-take-all inhibition and clips the "
                 "membrane at -theta; NIR has no node for either",
-    "TSSLNeuron": "TSSL-BP's SRM neuron (current-driven LIF behind a PSP filter, strict threshold); the "
-                  "exact CubaLIF form is not written by this exporter, so it refuses rather than approximate",
-    "PSPFilter": "TSSL-BP's PSP filter is the synapse of its SRM neuron (current-driven LIF, strict threshold); "
-                 "the exact CubaLIF form is not written by this exporter, so it refuses rather than approximate",
     "SpikeOnceLayer": "SSTDP's TTFS neuron fires at most once and then stays silent (no reset); NIR's IF/LIF "
                       "reset to v_reset and fire again, and no NIR node expresses 'fire once'",
     "SpikeOnceLinear": "SSTDP's TTFS neuron fires at most once and then stays silent (no reset); NIR's IF/LIF "
@@ -100,11 +99,11 @@ def _np(t: torch.Tensor) -> np.ndarray:
 class _Chain:
     """The NIR nodes of a feed-forward chain, built layer by layer with the per-sample shape."""
 
-    def __init__(self, nir, input_shape):
-        self.nir = nir
+    def __init__(self, nir, input_shape, dt: float):
+        self.nir, self.dt = nir, dt
         self.nodes: list[tuple[str, object]] = []
-        self.shape = tuple(int(d) for d in input_shape)
-        self.scaled: set[str] = set()
+        self.input_shape = self.shape = tuple(int(d) for d in input_shape)
+        self.pending = None  # a PSP filter waiting for the neuron it feeds
 
     def add(self, name: str, node, shape) -> None:
         self.nodes.append((name.replace(".", "_") or "layer", node))
@@ -213,6 +212,68 @@ def _spike_bp(chain: _Chain, name: str, mod: nn.Module, dt: float) -> None:
 
 
 SPIKE_BP = ("SpikeBPLIF", "AvgPoolIF", "LeakyIntegratorReadout")
+TSSL = ("PSPFilter", "TSSLNeuron", "SumPool")
+
+
+def _tssl(chain: _Chain, name: str, mod: nn.Module, dt: float) -> None:
+    """TSSL-BP's layers (Zhang & Li 2020), matched by class name. Its PSP filter
+    ``a[t] = (1 - 1/tau_s) a[t-1] + gain x[t] / tau_s`` followed by its neuron
+    ``h = (1 - 1/tau_m) u + a``, spike ``h > theta``, ``u = h (1 - s)`` is exactly ``nir.CubaLIF`` with
+    ``tau_syn = tau_s dt``, ``w_in = gain``, ``tau_mem = tau_m dt``, ``r = tau_m``, reset to 0; the
+    output's PSP filter alone is ``nir.LI`` (``tau = tau_s dt``, ``r = gain``); sum pooling is
+    ``nir.SumPool2d``. (The neuron's surrogate and quiet-neuron terms shape only its backward pass.)"""
+    nir, cls = chain.nir, type(mod).__name__
+    if cls == "PSPFilter":
+        _flush_psp(chain)
+        chain.pending = (name, mod)
+    elif cls == "TSSLNeuron":
+        if chain.pending is None:
+            raise NIRExportError(f"layer {name!r} (TSSLNeuron) is not fed by a PSPFilter; no NIR form is known")
+        _, psp = chain.pending
+        chain.pending = None
+        chain.add(name, nir.CubaLIF(tau_syn=chain.full(psp.tau_s * dt), tau_mem=chain.full(mod.tau_m * dt),
+                                    r=chain.full(mod.tau_m), v_leak=chain.full(0.0),
+                                    v_threshold=chain.full(mod.v_threshold), v_reset=chain.full(0.0),
+                                    w_in=chain.full(psp.gain)), chain.shape)
+    elif cls == "SumPool":
+        with torch.no_grad():
+            out = mod(torch.zeros(1, *chain.shape))
+        chain.add(name, nir.SumPool2d(kernel_size=np.array([mod.k, mod.k]), stride=np.array([mod.k, mod.k]),
+                                      padding=np.array([0, 0])), out.shape[1:])
+
+
+def _flush_psp(chain: _Chain) -> None:
+    """A PSP filter not followed by a neuron (the output PSP) becomes a leaky integrator."""
+    if chain.pending is not None:
+        name, psp = chain.pending
+        chain.pending = None
+        chain.add(name, chain.nir.LI(tau=chain.full(psp.tau_s * chain.dt), r=chain.full(psp.gain),
+                                     v_leak=chain.full(0.0)), chain.shape)
+
+
+def _fold_input_normalisation(chain: _Chain, mean, std) -> None:
+    """Fold ``x <- (x - mean) / std`` per input channel into the first weight layer (exact for a
+    Linear layer and an unpadded convolution; zero padding would pad with the raw value ``mean``)."""
+    nir = chain.nir
+    first = next(((k, n) for k, n in chain.nodes if not isinstance(n, nir.Flatten)), None)
+    if first is None or not isinstance(first[1], (nir.Affine, nir.Conv2d)):
+        raise NIRExportError("the rule normalises its input per channel before the network, and the first layer is "
+                             "not a Linear/Conv2d layer the normalisation could be folded into")
+    key, node = first
+    if isinstance(node, nir.Conv2d) and np.any(np.asarray(node.padding) != 0):
+        raise NIRExportError(f"layer {key!r} (Conv2d): the rule normalises its input per channel before this zero-"
+                             "padded convolution; folded into the weights the padding would change value")
+    c = int(chain.input_shape[0]) if len(chain.input_shape) > 1 else 1
+    mean = np.broadcast_to(np.asarray(mean, dtype=np.float64), (c,))
+    std = np.broadcast_to(np.asarray(std, dtype=np.float64), (c,))
+    if isinstance(node, nir.Conv2d):
+        scale, shift = (1.0 / std)[None, :, None, None], (mean / std)[None, :, None, None]
+    else:
+        per = int(np.prod(chain.input_shape[1:])) if len(chain.input_shape) > 1 else 1
+        scale, shift = np.repeat(1.0 / std, per)[None, :], np.repeat(mean / std, per)[None, :]
+    w = node.weight
+    node.bias = node.bias - (w * shift).reshape(w.shape[0], -1).sum(1)
+    node.weight = w * scale
 
 
 def _flatten(chain: _Chain, name: str) -> None:
@@ -250,14 +311,18 @@ def _leaves(model: nn.Module):
         yield name, mod.module if isinstance(mod, TimeDistributed) else mod
 
 
-def to_nir(model: nn.Module, input_shape, dt: float = DEFAULT_DT, metadata: dict | None = None):
-    """The NIR graph of ``model`` (a network a rule built, in eval mode) for inputs of ``input_shape``."""
+def to_nir(model: nn.Module, input_shape, dt: float = DEFAULT_DT, metadata: dict | None = None,
+           input_normalisation: tuple | None = None):
+    """The NIR graph of ``model`` (a network a rule built, in eval mode) for inputs of ``input_shape``;
+    ``input_normalisation`` = ``(mean, std)`` per channel that the rule applies before the network."""
     nir = require_nir()
     if not dt > 0:
         raise ValueError(f"dt must be > 0 (got {dt})")
-    chain = _Chain(nir, input_shape)
+    chain = _Chain(nir, input_shape, dt)
     for name, mod in _leaves(model):
         cls = type(mod).__name__
+        if cls not in ("TSSLNeuron", "FixedDropout"):
+            _flush_psp(chain)
         if _refusal(mod):
             raise NIRExportError(f"layer {name!r} ({cls}): {_refusal(mod)}")
         if isinstance(mod, (nn.Linear, nn.Conv2d)):
@@ -270,19 +335,25 @@ def to_nir(model: nn.Module, input_shape, dt: float = DEFAULT_DT, metadata: dict
             _flatten(chain, name)
         elif cls in SPIKE_BP:
             _spike_bp(chain, name, mod, dt)
-        elif isinstance(mod, (nn.Dropout, nn.Identity)) or cls == "TimeFixedDropout":
+        elif cls in TSSL:
+            _tssl(chain, name, mod, dt)
+            continue
+        elif isinstance(mod, (nn.Dropout, nn.Identity)) or cls in ("TimeFixedDropout", "FixedDropout"):
             continue
         elif isinstance(mod, (nn.AvgPool2d, nn.MaxPool2d, nn.MaxPool1d, nn.AdaptiveMaxPool2d)):
             _pool(chain, name, mod)
         else:
             raise NIRExportError(f"layer {name!r} ({cls}): no exact NIR node is known for this module")
+    _flush_psp(chain)
     if not chain.nodes:
         raise NIRExportError("the model has no layers NIR can express")
+    if input_normalisation:
+        _fold_input_normalisation(chain, *input_normalisation)
     nodes = {"input": nir.Input(input_type={"input": np.array(input_shape)})}
     for key, node in chain.nodes:
         if hasattr(node, "weight"):
             node.weight = node.weight.astype(np.float32)
-        for attr in ("bias", "tau", "r", "v_leak", "v_threshold", "v_reset"):  # float32, as the importers run
+        for attr in ("bias", "tau", "tau_syn", "tau_mem", "w_in", "r", "v_leak", "v_threshold", "v_reset"):  # float32, as the importers run
             if isinstance(getattr(node, attr, None), np.ndarray) and getattr(node, attr).dtype.kind == "f":
                 setattr(node, attr, getattr(node, attr).astype(np.float32))
         nodes[key] = node
@@ -308,10 +379,13 @@ def export_model(model_file, output, dt: float = DEFAULT_DT, host=None) -> "obje
             "train_T": int(info["train_T"] or 0)}
     try:
         rule = host.rule(info["rule"])
-        if hasattr(rule, "nir_input"):  # a rule whose own encoder is a standard one in disguise says so
-            meta.update(rule.nir_input(dict(info["hp"])))
-        graph = to_nir(model, tuple(info["input_shape"]), dt=dt, metadata=meta)
-        graph.metadata["readout"] = "last" if isinstance(list(graph.nodes.values())[-2], nir.LI) else "sum"
+        norm = None
+        if hasattr(rule, "nir_input"):  # the rule's input handling, in terms of the nir baseline's settings
+            meta.update(rule.nir_input(dict(info["hp"]), info))
+            norm = meta.pop("input_normalisation", None)
+        graph = to_nir(model, tuple(info["input_shape"]), dt=dt, metadata=meta, input_normalisation=norm)
+        if "readout" not in graph.metadata:
+            graph.metadata["readout"] = "last" if isinstance(list(graph.nodes.values())[-2], nir.LI) else "sum"
     except NIRExportError as exc:
         raise NIRExportError(f"{model_file}: rule {info['rule']!r} cannot be exported to NIR: {exc}") from None
     write_atomic(Path(output), lambda tmp: nir.write(tmp, graph))
