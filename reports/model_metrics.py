@@ -4,13 +4,12 @@ from __future__ import annotations
 import pandas as pd
 
 
-def section(df: pd.DataFrame) -> list[str]:
-    from suite.reports.html import _extra, _table
-
+def section(df: pd.DataFrame, table, extra) -> list[str]:
+    """``table`` and ``extra`` are the report's own table renderer and row-extra accessor."""
     ok = df[df["status"] == "ok"] if len(df) else df
     recs = []
     for _, row in ok.iterrows():
-        nb = _extra(row, "neurobench")
+        nb = extra(row, "neurobench")
         if not nb:
             continue
         syn = nb.get("synaptic_operations") or {}
@@ -36,7 +35,7 @@ def section(df: pd.DataFrame) -> list[str]:
             "and its dynamic ones at the largest T, per sample: activation sparsity and synaptic operations split "
             "into effective MACs and ACs (ours count every connection an event drives; NeuroBench counts non-zero "
             "weights only, the same when connection sparsity is 0) and dense operations. Mean over seeds.</p>",
-            _table(t, ["dataset", "arch", "rule", "backend", "seeds", "T", "params", "footprint", "conn", "act",
+            table(t, ["dataset", "arch", "rule", "backend", "seeds", "T", "params", "footprint", "conn", "act",
                        "emacs", "eacs", "dense"],
                    {"seeds": lambda v: f"{int(v)}", "T": lambda v: f"{int(v)}", "params": f0,
                     "footprint": lambda v: f"{v:,.1f}", "conn": lambda v: f"{v:.4f}", "act": lambda v: f"{v:.4f}",

@@ -221,10 +221,7 @@ def cmd_data(args, host) -> int:
 def cmd_export(args, host) -> int:
     from suite.nir import export_model
 
-    try:
-        graph = export_model(args.model, args.output, dt=args.dt, host=host)
-    except ImportError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    graph = export_model(args.model, args.output, dt=args.dt, host=host)
     kinds = ", ".join(f"{k}: {type(v).__name__}" for k, v in graph.nodes.items())
     print(f"wrote {args.output} (NIR, dt={args.dt:g} s): {kinds}")
     return 0
@@ -332,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export", help="write a saved model (run --save-models) as an NIR graph")
     ex.add_argument("model", help="OUT/models/<cell_id>.pt")
-    ex.add_argument("-o", "--output", default="model.nir")
+    ex.add_argument("-o", "--output", default="model.nir", help="the NIR file to write (default: model.nir)")
     ex.add_argument("--dt", type=float, default=1e-4,
                     help="NIR time step in seconds (default 1e-4, the step snnTorch's importer assumes)")
     ex.set_defaults(func=cmd_export)

@@ -58,21 +58,19 @@ from suite.neurons import LIF
 #: snnTorch's importer assumes this step (``dt = 1e-4`` in ``snntorch.import_nir``)
 DEFAULT_DT = 1e-4
 
-NEED = "NIR support needs the optional packages: pip install 'snn-suite[nir]'"
-
 
 class NIRExportError(ValueError):
     """The network (or one layer of it) has no exact NIR form; the message names the layer and why."""
 
 
 def require_nir(module: str = "nir"):
-    """``nir`` (or ``nirtorch``), or an ImportError naming the extra that installs it."""
+    """``nir`` (or ``nirtorch``), or a UsageError naming the extra that installs it."""
     import importlib
 
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise ImportError(f"{NEED} ({exc})") from exc
+    from suite.validate import require
+
+    require(module, "nir", "NIR export and the `nir` baseline")
+    return importlib.import_module(module)
 
 
 #: layer classes with no exact NIR form, by class name (plugins need not be importable here)
