@@ -18,6 +18,7 @@ file from an untrusted source cannot run code on load:
 """
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -85,7 +86,9 @@ def write_atomic(path: Path, save) -> Path:
 def save_model(path: Path, model: nn.Module, info: dict) -> Path:
     """Write ``info`` (see :func:`recipe`) and the model's weights to ``path`` atomically."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return write_atomic(path, lambda tmp: torch.save({**info, "state_dict": state}, tmp))
+    buf = io.BytesIO()  # saved from memory, the archive is not named after the temporary file: same model, same bytes
+    torch.save({**info, "state_dict": state}, buf)
+    return write_atomic(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
 
 
 def save_model_of_cell(ckpt: Path | None, rows: list[dict], cell, rule, arch, dataset, hp: dict, model: nn.Module,
