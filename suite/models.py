@@ -11,7 +11,8 @@ file from an untrusted source cannot run code on load:
   is rebuilt from the file alone, even one a plugin that is no longer installed registered;
 * ``dataset``, ``input_shape``, ``n_classes``, ``encoding``, ``hp`` (every resolved
   hyper-parameter), ``backend`` (the one that ran), ``train_T``, ``timesteps``, ``seed``,
-  ``cell_id``, ``config_hash``, ``cell`` (the cell's identity);
+  ``cell_id``, ``config_hash``, ``cell`` (the cell's identity), ``selected_epoch`` (the epoch whose
+  weights these are: the last, or the best validation epoch with ``select = best_val``);
 * ``state_dict`` -- the trained parameters and buffers.
 
 :func:`load_model` rebuilds the network with the rule's own ``build`` and loads the weights.
@@ -52,7 +53,8 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def recipe(cell, rule, arch, dataset, hp: dict, backend: str, train_T, timesteps, encoding: str) -> dict:
+def recipe(cell, rule, arch, dataset, hp: dict, backend: str, train_T, timesteps, encoding: str,
+           selected_epoch: int | None = None) -> dict:
     """Everything but the weights: what :func:`load_model` needs to rebuild the network."""
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
@@ -62,6 +64,7 @@ def recipe(cell, rule, arch, dataset, hp: dict, backend: str, train_T, timesteps
         "n_classes": int(dataset.n_classes), "data_kind": dataset.kind, "encoding": encoding,
         "hp": _plain(hp), "backend": backend, "train_T": train_T,
         "timesteps": [int(t) for t in timesteps], "seed": int(cell.seed), "cell_id": cell.cell_id,
+        "selected_epoch": selected_epoch,
         "config_hash": cell.config_hash, "cell": _plain(cell.config()),
     }
 
@@ -99,7 +102,8 @@ def save_model_of_cell(ckpt: Path | None, rows: list[dict], cell, rule, arch, da
         raise ValueError("--save-models needs the run's output directory on the machine that trains the cell "
                          "(cells sent to an external Ray cluster cannot write OUT/models here)")
     path = save_model(model_path(Path(ckpt).parent.parent, cell.cell_id), model,
-                      recipe(cell, rule, arch, dataset, hp, base["backend"], train_T, timesteps, base["encoding"]))
+                      recipe(cell, rule, arch, dataset, hp, base["backend"], train_T, timesteps, base["encoding"],
+                             base.get("selected_epoch")))
     for row in rows:
         row["model_path"] = str(path)
     return path
