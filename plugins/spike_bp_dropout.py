@@ -615,6 +615,16 @@ class SpikeBPDropout(Rule):
             for m in drops:
                 m.generator = None
 
+    def nir_input(self, hp, info) -> dict:
+        """The input as ``snn-suite export`` describes it to the ``nir`` baseline: for inputs >= 0
+        without normalisation, ``1[gain |x| > U] sign(x)`` is the ``poisson`` encoder with that gain
+        (the same draws from the same generator)."""
+        if len(hp["input_mean"]):
+            from suite.nir import NIRExportError
+            raise NIRExportError("the rule's encoder normalises the input per channel (input_mean/input_std) and "
+                                 "emits signed spikes before the first layer; that is not part of the network")
+        return {"encoding": "poisson", "input_gain": float(hp["input_gain"])}
+
     def readout(self, outputs):
         """The readout layer already emits ``v[t] / (theta t)`` per step (causal)."""
         return outputs

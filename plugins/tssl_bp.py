@@ -364,6 +364,16 @@ class TSSLBP(Rule):
             return x.unsqueeze(0).expand(T, *x.shape)
         return create_encoder(hp["encoding"])(x, T, ctx.generator)
 
+    def nir_input(self, hp, info) -> dict:
+        """How ``snn-suite export`` describes the input: static images as direct current, the per-channel
+        normalisation folded into the first layer; the prediction sums the output PSP over steps."""
+        if info.get("data_kind") == "events" or hp["encoding"] != "direct":
+            from suite.nir import NIRExportError
+            raise NIRExportError("the rule clips event frames (event_clip) in its encoder before the network; the nir "
+                                 "baseline feeds frames unclipped")
+        norm = (tuple(hp["input_mean"]), tuple(hp["input_std"])) if len(hp["input_mean"]) else None
+        return {"encoding": "direct", "readout": "sum", **({"input_normalisation": norm} if norm else {})}
+
     def forward(self, model, x, T, ctx):
         for m in model.modules():
             if isinstance(m, FixedDropout):

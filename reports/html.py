@@ -521,6 +521,8 @@ def render(df: pd.DataFrame, sources: list[str], runs: list[dict], *, energy=Non
         parts += _learning_curves(df)
         parts += _summary_table(summ)
         parts += _timing(df)
+        from suite.reports.model_metrics import section as model_metrics_section
+        parts += model_metrics_section(df, _table, _extra)
     bad = df[df["status"] != "ok"] if len(df) else df
     if len(bad):
         parts.append("<h2 class='bad'>Cells that did not finish</h2>")

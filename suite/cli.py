@@ -105,6 +105,9 @@ def cmd_run(args, host) -> int:
     if args.curve is not None and args.curve < 0:
         raise SystemExit(f"error: --curve expects a number of validation samples >= 0, got {args.curve}")
     cells = matrix.cells(data_root=args.data_root, device=args.device, command=command, curve=args.curve)
+    if args.save_models:
+        from dataclasses import replace
+        cells = [replace(c, save_models=True) for c in cells]
     check_cells(host, cells, executor=args.executor, ray_address=args.ray_address)
     out = Path(args.out)
     write_run_meta(out, {"command": command, "environment": environment(), "cells": len(cells), **matrix.meta()})
@@ -215,6 +218,15 @@ def cmd_data(args, host) -> int:
     return status
 
 
+def cmd_export(args, host) -> int:
+    from suite.nir import export_model
+
+    graph = export_model(args.model, args.output, dt=args.dt, host=host)
+    kinds = ", ".join(f"{k}: {type(v).__name__}" for k, v in graph.nodes.items())
+    print(f"wrote {args.output} (NIR, dt={args.dt:g} s): {kinds}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="snn-suite", description=DESCRIPTION)
     p.add_argument("--version", action="version", version=f"%(prog)s {suite.__version__}",
@@ -270,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--curve", type=int, metavar="N",
                    help="per-epoch validation accuracy on the first N validation samples (default: all of "
                         "them; 0: only after the last epoch); kept in each row's extra.history")
+    r.add_argument("--save-models", action="store_true",
+                   help="keep each finished cell's trained model in OUT/models/<cell_id>.pt (see `snn-suite export`)")
     r.add_argument("--report", metavar="HTML", help="also write the HTML report here")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_run)
@@ -312,6 +326,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="recompute energy with another model: 45nm_fp32 (default of the runs), 45nm_fp16, "
                          "45nm_int32, 45nm_int8 or mac=<pJ>,ac=<pJ>[,neuron=<pJ>]")
     rp.set_defaults(func=cmd_report)
+
+    ex = sub.add_parser("export", help="write a saved model (run --save-models) as an NIR graph")
+    ex.add_argument("model", help="OUT/models/<cell_id>.pt")
+    ex.add_argument("-o", "--output", default="model.nir", help="the NIR file to write (default: model.nir)")
+    ex.add_argument("--dt", type=float, default=1e-4,
+                    help="NIR time step in seconds (default 1e-4, the step snnTorch's importer assumes)")
+    ex.set_defaults(func=cmd_export)
 
     d = sub.add_parser("data", help="check or download datasets")
     d.add_argument("action", choices=["check", "download"],

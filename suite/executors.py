@@ -295,6 +295,7 @@ def run_matrix(cells: Iterable[Cell], out_dir: Path, *, resume: bool = False, ex
     for every executor alike. ``plugins`` names plugins registered in code, as import paths, so
     that worker processes can register them too. Returns all rows written by this call.
     """
+    from suite.models import model_path
     from suite.results import cell_done, write_cell
 
     if executor not in _RUNNERS:
@@ -302,7 +303,8 @@ def run_matrix(cells: Iterable[Cell], out_dir: Path, *, resume: bool = False, ex
     if int(max_retries) < 0:
         raise ValueError(f"max_retries must be >= 0, got {max_retries}")
     cells, out_dir = list(cells), Path(out_dir)
-    todo = [c for c in cells if not (resume and cell_done(out_dir, c.cell_id))]
+    todo = [c for c in cells if not (resume and cell_done(out_dir, c.cell_id)
+                                     and (not c.save_models or model_path(out_dir, c.cell_id).is_file()))]
     if resume and len(todo) < len(cells):
         log(f"resume: {len(cells) - len(todo)} of {len(cells)} cells already finished, skipping them")
     written: list[dict] = []

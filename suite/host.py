@@ -180,11 +180,12 @@ class Host:
         return self._get(self.presets, name, "preset")
 
     def select_rules(self, pattern: str) -> list[str]:
-        """Comma-separated names or fnmatch patterns; ``all`` = every rule. Unknown names raise."""
+        """Comma-separated names or fnmatch patterns; ``all`` = every rule that runs without a
+        rule-specific input (not ``nir``, which needs ``--set graph=``). Unknown names raise."""
         names = []
         for part in [p.strip() for p in pattern.split(",") if p.strip()]:
             if part == "all":
-                matched = sorted(self.rules)
+                matched = sorted(n for n, r in self.rules.items() if not getattr(r, "named_only", False))
             else:
                 matched = sorted(fnmatch.filter(self.rules, part))
                 if not matched:

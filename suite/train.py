@@ -52,11 +52,12 @@ class Cell:
     limit_val: int | None = None
     evaluate_test: bool = True                  # False (tuning trials): validation only, the test set is never read
     select: str = "last"                        # "best_val": test the epoch with the best validation accuracy
+    save_models: bool = False                   # keep the trained model in OUT/models/<cell_id>.pt
 
     def config(self) -> dict:
         d = asdict(self)
-        # curve only adds measurements (it never changes training), so it is not part of the cell's identity
-        for k in ("data_root", "command", "preset", "curve"):
+        # curve and save_models only add outputs (they never change training), so they are not part of the cell's identity
+        for k in ("data_root", "command", "preset", "curve", "save_models"):
             d.pop(k)
         d["options"] = sorted([list(kv) for kv in self.options])
         return d
@@ -370,6 +371,9 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
                      "peak_mem_mb": _peak_mem_mb(cell.device), "status": "ok", "error": None,
                      "epochs": epochs, "n_train": n_samples, "n_test": len(yte), "finished_at": finished,
                      "extra": extra})
+    if cell.save_models:
+        from suite.models import save_model_of_cell
+        save_model_of_cell(ckpt, rows, cell, rule, arch, dataset, hp, model, base, train_T, timesteps)
     if ckpt is not None and ckpt.is_file():
         ckpt.unlink()
     return rows

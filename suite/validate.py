@@ -119,7 +119,12 @@ def check_cells(host, cells, *, executor: str = "local", ray_address: str | None
     check_rule_options(host, [(c.rule, dict(c.options), c.preset) for c in cells])
     if executor == "ray":
         require("ray", "ray", "--executor ray")
+    if any(c.rule == "nir" for c in cells):
+        require("nirtorch", "nir", "rule 'nir'")
     if runs_remotely(executor, ray_address):
+        if any(c.save_models for c in cells):
+            raise UsageError("--save-models writes OUT/models on this machine, which cells on a remote Ray cluster "
+                             "cannot reach; use --executor local or processes to keep the models")
         return
     for device in sorted({c.device for c in cells}):
         check_device(device)
