@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 import urllib.parse
 from datetime import datetime, timezone
 from html import escape
@@ -27,7 +25,7 @@ import pandas as pd
 
 from suite.opcount import energy_model
 from suite.reports.svg import bar_chart, line_chart
-from suite.results import COLUMNS, read_frame
+from suite.results import COLUMNS, read_frame, write_atomic
 from suite.stats import ci95  # noqa: F401  (re-exported: the report's interval)
 
 #: rules drawn as references rather than as learning rules (besides every rule without T)
@@ -564,11 +562,4 @@ def write_report(dirs: list[Path], output: Path, energy=None) -> Path:
     ``energy`` recomputes every row's energy with another model (see :func:`suite.opcount.energy_model`)."""
     df = read_frame(*dirs)
     html = render(df, [str(d) for d in dirs], read_runs(dirs), energy=energy)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, suffix=".html")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(html)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be shared
-    os.replace(tmp, output)
-    return output
+    return write_atomic(Path(output), lambda tmp: Path(tmp).write_text(html, encoding="utf-8"))

@@ -20,8 +20,6 @@ file from an untrusted source cannot run code on load:
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ import torch
 from torch import nn
 
 import suite
+from suite.results import write_atomic
 
 FORMAT = "snn-suite-model"
 FORMAT_VERSION = 1
@@ -67,23 +66,6 @@ def recipe(cell, rule, arch, dataset, hp: dict, backend: str, train_T, timesteps
         "selected_epoch": selected_epoch,
         "config_hash": cell.config_hash, "cell": _plain(cell.config()),
     }
-
-
-def write_atomic(path: Path, save) -> Path:
-    """Call ``save(tmp_path)`` then rename the file into place (readers never see half a file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix + ".part")
-    os.close(fd)
-    try:
-        save(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def save_model(path: Path, model: nn.Module, info: dict) -> Path:

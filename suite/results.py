@@ -33,24 +33,31 @@ def cell_path(out_dir: Path, cell_id: str) -> Path:
     return Path(out_dir) / "cells" / f"{cell_id}.jsonl"
 
 
-def write_cell(out_dir: Path, cell_id: str, rows: list[dict]) -> Path:
-    path = cell_path(out_dir, cell_id)
+def write_atomic(path, save) -> Path:
+    """Call ``save(tmp)`` to write a temporary file beside ``path``, flush it to disk, then rename it into
+    place: readers never see half a file and an interrupted writer leaves nothing behind. The
+    temporary name ends in ``.part``, so readers globbing ``cells/*.jsonl`` never pick it up."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # The temp name must not end in .jsonl: readers glob cells/*.jsonl while a run writes.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix + ".part")
+    os.close(fd)
     try:
-        os.fchmod(fd, 0o644)  # mkstemp makes 0600 files; result rows are meant to be shared
-        with os.fdopen(fd, "w") as f:
-            for row in rows:
-                f.write(json.dumps({**row, "schema_version": SCHEMA_VERSION}, sort_keys=True, default=str) + "\n")
-            f.flush()
+        save(tmp)
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be shared
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def write_cell(out_dir: Path, cell_id: str, rows: list[dict]) -> Path:
+    text = "".join(json.dumps({**row, "schema_version": SCHEMA_VERSION}, sort_keys=True, default=str) + "\n"
+                   for row in rows)
+    return write_atomic(cell_path(out_dir, cell_id), lambda tmp: Path(tmp).write_text(text))
 
 
 def cell_done(out_dir: Path, cell_id: str) -> bool:

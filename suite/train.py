@@ -26,6 +26,7 @@ import torch
 
 import suite
 from suite.data import validation_split
+from suite.results import write_atomic
 from suite.rule import Context, check_options
 
 
@@ -107,10 +108,7 @@ def _checkpoint_path(ckpt_dir: Path | None, cell: Cell) -> Path | None:
 
 
 def _save_checkpoint(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
 def _count_correct(rule, model, ctx, x, y, timesteps, n_rows, device, batch_size, counter=None) -> torch.Tensor:

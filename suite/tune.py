@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from suite.matrix import Matrix, MatrixError, coerce_option
+from suite.results import write_atomic
 
 #: trial states that count towards the budget
 COUNTED = ("COMPLETE", "PRUNED")
@@ -349,9 +350,6 @@ def write_tuned(plan: Plan, host, storage, entries, budget: dict, seconds: float
             # batch size is per rule: write it once on the rule's table
             idx = lines.index(f"[rules.{rule_name}]")
             lines.insert(idx + 1, f"batch_size = {first.batch_size}")
-    path = plan.out / "tuned.toml"
-    tmp = path.with_suffix(".toml.tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
-    (plan.out / "budget.json").write_text(json.dumps(budget, indent=2) + "\n")
+    path = write_atomic(plan.out / "tuned.toml", lambda tmp: Path(tmp).write_text("\n".join(lines) + "\n"))
+    write_atomic(plan.out / "budget.json", lambda tmp: Path(tmp).write_text(json.dumps(budget, indent=2) + "\n"))
     return path
