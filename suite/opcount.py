@@ -17,8 +17,9 @@ step per call (``[B, ...]``). Per step, per layer and per sample we count
   Whether the network's *input* is events is declared, not read from values
   (``input_events``, which the host sets from the rule's encoding and the dataset kind): a
   binarised image is analog input all the same. The input layer is the first weight layer that
-  runs. Inside the network, inputs are events when integer-valued (spikes, signed spikes, or
-  spikes summed by a residual addition);
+  runs. Inside a network with spiking layers, inputs are events when integer-valued (spikes,
+  signed spikes, or spikes summed by a residual addition); inside a network without any (an
+  ANN), they are analog whatever their values;
 * **MACs** otherwise (analog input: the first layer of a direct-coded SNN, every ANN layer):
   the dense count ``output elements x fan-in`` (padding included, the usual MAC/FLOP
   convention), plus ``macs_effective``: only pairs of a non-zero input and a non-zero weight
@@ -282,6 +283,8 @@ class OpCounter:
         declared = self._declared(name)
         if declared is not None:
             return x if declared else None
+        if not self.spikes and name != self._input_layer:
+            return None  # hidden layers of a network without spiking layers (an ANN): analog, whatever the values
         if _is_event(x):
             return x
         hit = self._pooled.get(x.untyped_storage().data_ptr())

@@ -346,3 +346,16 @@ def test_a_direct_coded_cell_on_binary_images_counts_macs_in_its_first_layer(hos
     assert row["status"] == "ok", row.get("error")
     first = next(iter(row["extra"]["layers"].values()))
     assert first["macs"] == 2 * 64 * 128 and first["synops"] == 0
+
+
+def test_ann_activations_count_as_macs_even_when_integer_valued():
+    # integer weights and inputs make every ReLU output an integer: still an ANN, so MACs, no SynOps
+    net = nn.Sequential(nn.Linear(4, 3, bias=False), nn.ReLU(), nn.Linear(3, 2, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 0, 2, 0], [0, 1, 0, 1], [1, 1, 1, 1]]))
+        net[2].weight.fill_(1.0)
+    x = torch.tensor([[1.0, 2, 0, 1], [0, 1, 1, 0]])
+    with OpCounter(net, T=1, batch_size=2, input_events=False) as oc:
+        net(x)
+    ops = oc.at(1)
+    assert ops["synops"] == 0 and ops["macs"] == 4 * 3 + 3 * 2
