@@ -27,8 +27,10 @@ mode runs the ANN, eval mode the converted SNN.
 
 Rows' ``extra`` holds ``conversion`` (percentile, calibration size, lambda per layer) and
 ``ann_agreement``: the fraction of test samples where the SNN at that T predicts the ANN's class.
-The identity shortcut of a ResNet is scaled by ``lambda_prev / lambda_next`` (one multiply per
-spike) which the op counter does not count; every conv / linear synapse is counted.
+The identity shortcut of a ResNet is scaled by ``lambda_prev / lambda_next``. In a timm ResNet
+that is an inserted multiply the op counter does not see; in the suite's resnet family
+(``resnet8`` ...) the factor sits in the :class:`~suite.archs.ResidualAdd` module, whose shortcut
+spikes the op counter charges one accumulate each (see :mod:`suite.opcount`).
 """
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from suite.archs import ArchSpec, build_sequential
+from suite.archs import RESNET_FAMILY, ArchSpec, build_network
 from suite.hookspecs import hookimpl
 from suite.rule import Rule
 
@@ -84,13 +84,13 @@ class CNN(Rule):
     search_space = SEARCH_SPACE
 
     def supports(self, arch, dataset):
-        return arch.family in ("sequential", TIMM_FAMILY)
+        return arch.family in ("sequential", RESNET_FAMILY, TIMM_FAMILY)
 
     def build(self, arch, input_shape, n_classes, backend, hp):
         if arch.family == TIMM_FAMILY:
             return build_timm(arch, input_shape, n_classes)
-        return build_sequential(arch, input_shape, n_classes, norm=hp["batch_norm"],
-                                activation=lambda layer, shape: nn.ReLU())
+        return build_network(arch, input_shape, n_classes, norm=hp["batch_norm"],
+                             activation=lambda layer, shape: nn.ReLU())
 
     def image(self, x, ctx):
         """The network's input: event frames ``[B, T, C, H, W]`` are summed over time."""

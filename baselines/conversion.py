@@ -18,6 +18,13 @@ and rewritten into a rate-coded spiking network:
    Diehl's ``W_l lambda_{l-1} / lambda_l``; the classifier keeps ``c = 1`` (its accumulated
    output estimates the ANN's logits). Where a tensor of another scale meets an add or a neuron
    (the identity shortcut of a ResNet), an explicit multiplication by ``c_in / c_out`` is inserted.
+   **Residual add** of the suite's resnet family (:class:`suite.archs.ResidualAdd`, kept one
+   module by the tracer): the add feeds the block's ReLU ``l``, so its output gets ``c = lambda_l``;
+   the branch's last conv (BN folded) and a 1x1 projection shortcut are scaled to ``lambda_l``
+   through their weights, and the identity shortcut -- spikes of the block's input neurons, scale
+   ``lambda_in`` -- is multiplied by ``lambda_in / lambda_l`` inside the module (its ``scale``),
+   i.e. a synapse of that weight per spike. The IF neuron after the add then integrates both
+   currents, as the ReLU after the ANN's add sums both terms; every neuron still emits binary spikes.
 4. **Spiking**: every ReLU becomes :class:`SteppedIF` -- :class:`suite.neurons.IF` with
    threshold 1 and **reset by subtraction** (``v_reset=None``), advanced one step per call.
    Average pooling stays average pooling (linear, so it commutes with the rates); max pooling
@@ -64,9 +71,19 @@ class ConversionError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------- tracing
+class _Tracer(fx.Tracer):
+    """Keeps a residual join (:class:`suite.archs.ResidualAdd`) one module, so the converted net
+    scales its operands in place and the op counter still sees what flows into it."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return getattr(m, "residual_join", False) or super().is_leaf_module(m, qualname)
+
+
 def trace(ann: nn.Module) -> fx.GraphModule:
     try:
-        return fx.symbolic_trace(ann)
+        tracer = _Tracer()
+        graph = tracer.trace(ann)
+        return fx.GraphModule(tracer.root, graph, type(ann).__name__)
     except Exception as exc:  # data-dependent control flow and the like
         raise ConversionError(f"cannot trace {type(ann).__name__} with torch.fx for conversion: "
                               f"{type(exc).__name__}: {exc}") from exc
@@ -98,6 +115,8 @@ def classify(gm: fx.GraphModule) -> dict[fx.Node, str]:
                 kind = BN
             elif isinstance(mod, AVG_POOL + PASS_MODULES):
                 kind = PASS
+            elif getattr(mod, "residual_join", False):
+                kind = ADD
             elif isinstance(mod, (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveMaxPool2d)):
                 raise ConversionError(f"{_describe(gm, node)} cannot be converted: max pooling has no rate-coded "
                                       "IF equivalent here; use average pooling (P<k>/A<k> instead of M<k>)")
@@ -331,8 +350,11 @@ def convert(ann: nn.Module, calibration: torch.Tensor, percentile: float = 99.9,
         elif kind == ADD:
             a, b = [x for x in node.args if isinstance(x, fx.Node)]
             c_out = sc.want(node) or sc.scale[a]
-            for arg in (a, b):
-                _rescale_input(gm, node, arg, sc.scale[arg] / c_out)
+            if node.op == "call_module":  # a ResidualAdd: the scales live on the module
+                gm.get_submodule(node.target).scale = (sc.scale[a] / c_out, sc.scale[b] / c_out)
+            else:
+                for arg in (a, b):
+                    _rescale_input(gm, node, arg, sc.scale[arg] / c_out)
             if node.target is operator.iadd:  # never write into a tensor another layer still reads
                 node.target = operator.add
             sc.scale[node] = c_out

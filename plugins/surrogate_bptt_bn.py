@@ -25,7 +25,7 @@ paper-scale MLPs well; for deep networks set ``--set alpha=1``.
 """
 from __future__ import annotations
 
-from suite.archs import build_sequential
+from suite.archs import RESNET_FAMILY, build_network
 from suite.hookspecs import hookimpl
 from suite.neurons import LIF
 from suite.rule import Rule
@@ -71,9 +71,12 @@ class SurrogateBPTTBN(Rule):
 
         return tuple(available_backends())
 
+    def supports(self, arch, dataset):
+        return arch.family in ("sequential", RESNET_FAMILY)
+
     def build(self, arch, input_shape, n_classes, backend, hp):
         tau = 1.0 / (1.0 - hp["beta"])
-        return build_sequential(
+        return build_network(
             arch, input_shape, n_classes, norm=hp["batch_norm"], time_major=True,
             activation=lambda layer, shape: LIF(tau=tau, v_threshold=hp["v_threshold"], v_reset=0.0,
                                                 surrogate=hp["surrogate"], alpha=hp["alpha"], decay_input=False,

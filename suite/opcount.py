@@ -27,6 +27,15 @@ step per call (``[B, ...]``). Per step, per layer and per sample we count
 * ``dense_ops``: the dense count for every layer whatever its input (the same network run as
   an ANN, once per step) and ``input_density``: the fraction of non-zero inputs.
 
+**Residual joins** (modules with ``residual_join = True``, :class:`suite.archs.ResidualAdd`:
+``main + shortcut``) are entries of ``layers`` of kind ``"add"``. The main operand is the current
+a weight layer just produced (already counted there; it lands in the same membrane). The
+shortcut costs, per step and sample: when it is events (the spikes of the block's input
+neurons), one accumulate per event (``sum |s|``, in ``synops``: a synapse of weight 1, or the
+conversion's scale, onto one neuron); when analog (an ANN's activations, or a projection
+shortcut's current), one addition per element, counted as ``adds`` and priced like an
+accumulate (an fp32 add, Horowitz 2014). ``dense_ops`` of an add is its element count.
+
 Modules with ``records_spikes = True`` report their output ``[T, B, ...]`` (or ``[B, ...]`` per
 call) as spikes: per layer spike rate ``spikes / (neurons x T)``, activation sparsity
 ``1 - rate`` and neuron-state updates ``neurons x T`` (a time-driven simulation updates every
@@ -191,9 +200,10 @@ class LayerCount:
     dense: torch.Tensor = None           # [T] output elements x fan-in, every input
     input_nonzero: torch.Tensor = None   # [T] non-zero input values
     input_size: int = 0                  # input values per sample and step
+    adds: torch.Tensor = None            # [T] analog element additions (residual joins)
 
     def __post_init__(self):
-        for f in ("macs_effective", "dense", "input_nonzero"):
+        for f in ("macs_effective", "dense", "input_nonzero", "adds"):
             if getattr(self, f) is None:
                 setattr(self, f, torch.zeros_like(self.synops))
 
@@ -231,6 +241,9 @@ class OpCounter:
                                                torch.zeros(self.T), torch.zeros(self.T))
                 self._handles.append(mod.register_forward_hook(self._weight_hook(name)))
                 self._handles.append(mod.register_forward_hook(self._input_hook(name)))
+            elif getattr(mod, "residual_join", False):
+                self.layers[name] = LayerCount(name, "add", torch.zeros(self.T), torch.zeros(self.T))
+                self._handles.append(mod.register_forward_hook(self._join_hook(name)))
             elif getattr(mod, "records_spikes", False):
                 self.spikes[name] = torch.zeros(self.T)
                 self._handles.append(mod.register_forward_hook(self._spike_hook(name)))
@@ -317,6 +330,22 @@ class OpCounter:
                 self._add(lc.macs_effective, where, steps, _effective_ops(mod, x))
         return hook
 
+    def _join_hook(self, name):
+        def hook(mod, inputs, output):
+            x = inputs[1].detach()
+            if getattr(mod, "time_major", False):
+                x = x.flatten(0, 1)
+            where, steps = self._steps(name, x.shape[0])
+            lc = self.layers[name]
+            lc.input_size = x[0].numel()
+            self._add(lc.dense, where, steps, torch.full((x.shape[0],), float(lc.input_size)))
+            self._add(lc.input_nonzero, where, steps, (x != 0).flatten(1).sum(1).float())
+            if _is_event(x):
+                self._add(lc.synops, where, steps, x.abs().flatten(1).sum(1).float())
+            else:
+                self._add(lc.adds, where, steps, torch.full((x.shape[0],), float(lc.input_size)))
+        return hook
+
     def _pool_hook(self, mod, inputs, output):
         x = inputs[0].detach()
         if torch.is_tensor(output) and _is_event(x):
@@ -367,12 +396,12 @@ class OpCounter:
 
         layers = {}
         for name, c in self.layers.items():
-            synops, macs = s(c.synops), s(c.macs)
+            synops, macs, adds = s(c.synops), s(c.macs), s(c.adds)
             size = c.input_size * T
             layers[name] = {"kind": c.kind, "module": self.kinds.get(name, ""), "synops": synops, "macs": macs,
-                            "macs_effective": s(c.macs_effective), "dense_ops": s(c.dense),
+                            "adds": adds, "macs_effective": s(c.macs_effective), "dense_ops": s(c.dense),
                             "input_density": s(c.input_nonzero) / size if size else None,
-                            "energy_pj": em.energy(macs, synops)}
+                            "energy_pj": em.energy(macs, synops + adds)}
         acts, rates = {}, {}
         total_active = total_slots = updates = 0.0
         for name, spk in self.spikes.items():
@@ -390,8 +419,11 @@ class OpCounter:
             total_active, total_slots = total_active + s(act), total_slots + slots
         synops = sum(v["synops"] for v in layers.values())
         macs = sum(v["macs"] for v in layers.values())
+        adds = sum(v["adds"] for v in layers.values())
         breakdown = {"mac": em.mac_pj * macs, "ac": em.ac_pj * synops, "neuron": em.neuron_pj * updates}
-        return {"synops": synops, "macs": macs,
+        if adds:
+            breakdown["add"] = em.ac_pj * adds
+        return {"synops": synops, "macs": macs, "adds": adds,
                 "macs_effective": sum(v["macs_effective"] for v in layers.values()),
                 "dense_ops": sum(v["dense_ops"] for v in layers.values()),
                 "spikes_per_sample": sum(s(v) for v in self.spikes.values()),

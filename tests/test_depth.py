@@ -1,0 +1,201 @@
+"""Depth: the resnet family (suite/archs.py) -- one spec built as SNN and CNN twin for every input
+shape, exact op counts of the residual joins, exact BN folding and conversion of residual blocks,
+and a training step through run_cell for surrogate_bptt_bn, ann2snn and cnn."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from suite.archs import ResidualAdd, ResNetArch, build_network
+from suite.baselines.conversion import SteppedIF, convert, fold_batchnorm, trace
+from suite.opcount import OpCounter
+from suite.rule import Context, check_options
+from suite.train import Cell, run_cell
+
+TINY = ResNetArch("tiny_resnet", depth=8, width=2)
+TINY_PLAIN = ResNetArch("tiny_plain", depth=8, width=2, residual=False)
+
+
+def _snn(host, arch, shape, **options):
+    rule = host.rule("surrogate_bptt_bn")
+    hp = check_options(rule, options)
+    return rule, rule.build(arch, shape, 10, "torch", hp), hp
+
+
+def _ann(host, arch, shape):
+    rule = host.rule("cnn")
+    return rule.build(arch, shape, 10, "torch", check_options(rule, {}))
+
+
+def _weights(model):
+    return [(type(m).__name__, tuple(m.weight.shape)) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+@pytest.mark.parametrize("arch, shape", [(a, s) for a in (TINY, TINY_PLAIN) for s in ((1, 28, 28), (2, 34, 34), (3, 32, 32))]
+                         + [(ResNetArch("tiny20", depth=20, width=2), (1, 28, 28))],
+                         ids=lambda v: v.name if isinstance(v, ResNetArch) else "x".join(map(str, v)))
+def test_snn_and_cnn_twin_from_one_spec(host, arch, shape):
+    rule, snn, hp = _snn(host, arch, shape)
+    ann = _ann(host, arch, shape)
+    assert _weights(snn) == _weights(ann)  # the same network; only the nonlinearity differs
+    convs = [w for w in _weights(ann) if w[0] == "Conv2d"]
+    projections = 2 if arch.residual else 0  # 1x1 shortcuts into stages 2 and 3
+    assert len(convs) == arch.depth - 1 + projections and _weights(ann)[-1] == ("Linear", (10, 4 * arch.width))
+    adds = [m for m in ann.modules() if isinstance(m, ResidualAdd)]
+    assert len(adds) == (3 * arch.blocks_per_stage if arch.residual else 0)
+    x = torch.rand(3, *shape)
+    assert ann(x).shape == (3, 10)
+    ctx = Context(hp=hp, T=2, timesteps=(2,), arch=arch, dataset="test", input_shape=shape, n_classes=10)
+    assert rule.forward(snn, x, 2, ctx).shape == (2, 3, 10)
+
+
+def test_bad_depth_or_input_names_the_arch():
+    with pytest.raises(ValueError, match=r"'resnet10'.*depth 10.*6n \+ 2"):
+        ResNetArch("resnet10", depth=10)
+    with pytest.raises(ValueError, match=r"'w0'.*width"):
+        ResNetArch("w0", width=0)
+    with pytest.raises(ValueError, match=r"'tiny_resnet'.*\[C, H, W\]"):
+        build_network(TINY, (64,), 10, activation=lambda layer, shape: nn.ReLU())
+
+
+def test_registered_depth_family(host):
+    for name, depth, residual, bn in [("resnet8", 8, True, True), ("plain14w8_nobn", 14, False, False),
+                                      ("resnet20w8", 20, True, True)]:
+        a = host.arch(name)
+        assert (a.family, a.depth, a.residual, a.batch_norm) == ("resnet", depth, residual, bn)
+    assert host.arch("resnet14w8").width == 8
+    other = {"lee_bp", "spike_bp_dropout", "sstdp", "tssl_bp"}  # the built-in rules without a resnet form
+    assert other and not any(host.rule(r).supports(host.arch("resnet8"), "digits") for r in other)
+    skipped = run_cell(Cell(rule="tssl_bp", dataset="digits", arch="resnet8w8", timesteps=(2,)), host)
+    assert skipped[0]["status"] == "skipped" and "resnet8w8" in skipped[0]["error"]
+
+
+def _captured_joins(model):
+    """The shortcut operand of every ResidualAdd per call, and the conv/linear layers' inputs."""
+    seen, handles = {}, []
+    for name, m in model.named_modules():
+        if isinstance(m, (ResidualAdd, nn.Conv2d, nn.Linear)):
+            idx = 1 if isinstance(m, ResidualAdd) else 0
+            handles.append(m.register_forward_hook(
+                lambda m, i, o, name=name, idx=idx: seen.setdefault(name, []).append(i[idx].detach().clone())))
+    return seen, handles
+
+
+def test_residual_op_counts_exact_on_tiny_net(host):
+    torch.manual_seed(3)
+    shape, T, B = (1, 8, 8), 3, 4
+    arch = ResNetArch("tiny_nobn", depth=8, width=2, batch_norm=False)
+    rule, snn, hp = _snn(host, arch, shape, v_threshold=0.3)
+    snn.eval()
+    x = torch.rand(B, *shape)
+    ctx = Context(hp=hp, T=T, timesteps=(T,), arch=arch, dataset="test", input_shape=shape, n_classes=10)
+    seen, handles = _captured_joins(snn)
+    with OpCounter(snn, T, B, input_events=False) as oc, torch.no_grad():
+        rule.forward(snn, x, T, ctx)
+    for h in handles:
+        h.remove()
+    ops = oc.at(T)
+    joins = {k: v for k, v in ops["layers"].items() if v["kind"] == "add"}
+    assert sorted(joins) == ["2.add", "3.add", "4.add"]  # stem conv, LIF, then the blocks (no BN)
+    # identity shortcut (stage 1): the block's input spikes, one accumulate each
+    ident = seen["2.add"][0]
+    assert set(ident.unique().tolist()) <= {0.0, 1.0} and ident.sum() > 0
+    assert joins["2.add"]["synops"] == float(ident.sum()) / B and joins["2.add"]["adds"] == 0
+    # projection shortcuts (stages 2, 3): an analog current, one addition per element and step
+    for name, c, hw in [("3.add", 4, 4), ("4.add", 8, 2)]:
+        assert joins[name]["synops"] == 0 and joins[name]["adds"] == T * c * hw * hw
+        assert joins[name]["dense_ops"] == T * c * hw * hw
+    assert ops["adds"] == T * (4 * 16 + 8 * 4)
+    assert ops["energy_breakdown"]["add"] == pytest.approx(0.9 * ops["adds"])
+    # weight layers: the stem reads analog input (MACs), every other conv / the classifier spikes
+    # (or average-pooled spikes): nnz x fan-out, brute force per layer
+    total = 0.0
+    for name, m in snn.named_modules():
+        if not isinstance(m, (nn.Conv2d, nn.Linear)):
+            continue
+        inp = seen[name][0]
+        if name == "0.module":
+            assert ops["layers"][name]["macs"] == T * 2 * 8 * 8 * 9
+            continue
+        if isinstance(m, nn.Linear):
+            events = inp * 4  # pooled 2x2 map of spikes -> counts
+            expected = float(events.sum()) * 10
+        else:
+            expected = float(F.conv2d(inp, torch.ones_like(m.weight), None, m.stride, m.padding).sum())
+        assert ops["layers"][name]["synops"] == pytest.approx(expected / B, rel=1e-6), name
+        total += expected / B
+    assert ops["synops"] == pytest.approx(total + float(ident.sum()) / B, rel=1e-6)
+    # the CNN twin: dense MACs by hand and one addition per element at every join
+    ann = _ann(host, arch, shape).eval()
+    with OpCounter(ann, 1, B) as oc, torch.no_grad():
+        ann(x)
+    a = oc.at(None)
+    macs = (2 * 64 * 9 + 2 * (2 * 64 * 18)            # stem, stage 1 (8x8, 2 channels)
+            + 4 * 16 * 18 + 4 * 16 * 36 + 4 * 16 * 2  # stage 2 (4x4, 4 channels) + 1x1 shortcut
+            + 8 * 4 * 36 + 8 * 4 * 72 + 8 * 4 * 4     # stage 3 (2x2, 8 channels) + 1x1 shortcut
+            + 8 * 10)
+    assert a["macs"] == macs and a["synops"] == 0
+    assert a["adds"] == 2 * 64 + 4 * 16 + 8 * 4
+
+
+def _random_bn(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+    return model.eval()
+
+
+def test_bn_folding_is_exact_for_residual_blocks(host):
+    torch.manual_seed(4)
+    ann = _random_bn(_ann(host, ResNetArch("bn_resnet", depth=14, width=4), (2, 34, 34)))
+    gm = trace(ann)
+    fold_batchnorm(gm)
+    called = [gm.get_submodule(n.target) for n in gm.graph.nodes if n.op == "call_module"]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in called)
+    assert sum(isinstance(m, ResidualAdd) for m in gm.modules()) == 6  # the joins stay modules
+    x = torch.rand(8, 2, 34, 34)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), ann(x), rtol=1e-5, atol=1e-5)
+
+
+def test_converted_resnet_approaches_the_ann_with_T(host):
+    torch.manual_seed(5)
+    ann = _random_bn(_ann(host, ResNetArch("conv_resnet", depth=8, width=4), (1, 8, 8)), seed=1)
+    digits = host.dataset("digits")
+    calib, x = digits.load("train").x[:256], digits.load("test").x[:64]
+    snn = convert(ann, calib, percentile=100.0)
+    joins = {n: m for n, m in snn.net.named_modules() if isinstance(m, ResidualAdd)}
+    # the identity join of stage 1 scales the incoming spikes by lambda_in / lambda_out; projection
+    # shortcuts and branches are scaled through their weights
+    lam = snn.lambdas
+    assert joins["3.add"].scale == pytest.approx((1.0, lam["2"] / lam["3.act"]))
+    assert joins["4.add"].scale == (1.0, 1.0) and joins["5.add"].scale == (1.0, 1.0)
+    assert len([m for m in snn.modules() if isinstance(m, SteppedIF)]) == 7
+    with torch.no_grad():
+        logits = ann(x)
+        out = snn(x.unsqueeze(0).expand(256, *x.shape))
+    err = [float((out[:T].mean(0) - logits).abs().mean()) for T in (16, 64, 256)]
+    assert err[0] > err[1] > err[2] and err[2] < 0.25 * err[0], err
+    agree = float((out.mean(0).argmax(-1) == logits.argmax(-1)).float().mean())
+    assert agree >= 0.9, agree
+
+
+@pytest.mark.parametrize("rule, T", [("surrogate_bptt_bn", 2), ("ann2snn", 8), ("cnn", None)])
+def test_resnet_trains_through_run_cell(host, rule, T):
+    cell = Cell(rule=rule, dataset="digits", arch="resnet8w8", seed=0, timesteps=(T,) if T else None, epochs=1,
+                batch_size=32, limit_train=64, limit_val=32, limit_test=32, select="best_val")
+    rows = run_cell(cell, host)
+    assert [r["status"] for r in rows] == ["ok"], rows[0].get("error")
+    row = rows[0]
+    assert 0.0 <= row["accuracy"] <= 1.0 and row["extra"]["history"][0]["train_loss"] > 0
+    joins = {k: v for k, v in row["extra"]["layers"].items() if v["kind"] == "add"}
+    assert len(joins) == 3 and row["extra"]["adds"] > 0
+    if rule == "cnn":
+        assert row["synops"] == 0 and row["macs"] > 0
+    else:
+        assert row["synops"] > 0
