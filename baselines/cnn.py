@@ -3,7 +3,10 @@
 One row per cell with ``T`` empty and MACs counted. Event data (frames ``[B, T, C, H, W]``)
 is summed over time into one image.
 
-Networks come from the suite's sequential specs (``fc800``, ``convnet``, ...) or, for
+Networks come from the suite's sequential specs (``fc800``, ``convnet``, ...), its resnet
+family (``resnet8`` ... ``resnet20`` and plain twins: the ReLU twin of the spiking ResNets,
+built by the same :func:`~suite.archs.build_network`; BN is part of those specs, the
+``batch_norm`` option applies to sequential specs only) or, for
 standard architectures, from **timm** (``timm.create_model``): the ``timm`` family below
 (:class:`TimmArch`), e.g. ``timm_resnet18_cifar`` -- timm's ResNet-18 with the CIFAR stem of
 He et al. 2016 §4.2 (one 3x3 stride-1 convolution, no max-pool, so 32x32 inputs keep a 4x4 map

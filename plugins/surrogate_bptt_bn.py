@@ -21,7 +21,14 @@ lr 1e-3 and weight decay 1e-4, one-cycle schedule, batch 64.
 Measured here (tests/test_surrogate_bptt_bn.py, 6 hidden layers of 128, T = 10, digits):
 first/last layer gradient-norm ratio ~5e18 at alpha = 0.05 (explodes), ~12 at alpha = 1,
 ~4e-3 at alpha = 10 and ~3e-5 at alpha = 50 (vanishes). alpha = 10 trains the shallow
-paper-scale MLPs well; for deep networks set ``--set alpha=1``.
+paper-scale MLPs well; for deep networks set ``--set alpha=1``. Every run records the same ratio,
+averaged over each epoch (``extra.history[].grad_norm_ratio``, :mod:`suite.gradnorms`).
+
+Networks: the sequential specs and the resnet family of :mod:`suite.archs` (``resnet8`` ...
+``resnet20``, their plain twins ``plain8`` ..., ``_nobn`` without BN, ``w8`` at half width), with
+the shortcut added to the input current of the block's last LIF layer (BN before the add, as on
+every hidden layer). For a resnet-family spec BN is part of the architecture and the
+``batch_norm`` option is not read.
 """
 from __future__ import annotations
 

@@ -147,8 +147,9 @@ def _validation_point(rule, model, ctx, x, y, timesteps, rows_T, device, bs, epo
 
 
 def _row_history(history: list[dict], k: int) -> list[dict]:
-    """Per epoch: mean training loss and (where measured) validation accuracy at the k-th evaluated T."""
-    return [{**{h: p[h] for h in ("epoch", "train_time_s", "train_loss", "n_val") if h in p},
+    """Per epoch: mean training loss, the first / last weight-gradient norm ratio (autograd rules, see
+    :mod:`suite.gradnorms`) and (where measured) validation accuracy at the k-th evaluated T."""
+    return [{**{h: p[h] for h in ("epoch", "train_time_s", "train_loss", "n_val", "grad_norm_ratio") if h in p},
              **({"val_accuracy": p["val_accuracy"][k]} if "val_accuracy" in p else {})} for p in history]
 
 
@@ -263,6 +264,8 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
         start_epoch, train_time, ctx.step = state["epoch"], state["train_time"], state["step"]
         history, best = state.get("history", []), state.get("best")
 
+    from suite.gradnorms import GradNorms
+    grad_norms, grad_layers = GradNorms(model), None
     bar = None
     if progress:
         from tqdm import tqdm
@@ -276,6 +279,7 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
         for idx in _batches(len(ytr), bs, shuffle):
             xb, yb = xtr[idx].to(device), ytr[idx].to(device)
             last = rule.train_step(model, (xb, yb), optimizer, ctx) or {}
+            grad_norms.record()
             loss = last.get("loss")
             if loss is not None and not math.isfinite(loss):
                 raise NonFiniteLoss(f"non-finite loss {loss} at epoch {epoch}, step {ctx.step}; run stopped")
@@ -296,6 +300,9 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
                                       bs, epoch + 1, train_time, train_loss, cell)
         else:
             point = {"epoch": epoch + 1, "train_time_s": train_time, "train_loss": train_loss}
+        norms = grad_norms.epoch()
+        if norms is not None:
+            point["grad_norm_ratio"], grad_layers = norms["first_last_ratio"], norms["layers"]
         history.append(point)
         if cell.select == "best_val" and (best is None or max(point["val_accuracy"]) > best[0]):
             best = (max(point["val_accuracy"]), epoch + 1,
@@ -359,6 +366,8 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
                  **{k2: v for k2, v in ops.items() if k2 not in ("synops", "macs", "energy_pj", "spikes_per_sample")},
                  "final_train": {k2: v for k2, v in last.items() if isinstance(v, (int, float))},
                  "history": _row_history(history, k)}
+        if grad_layers is not None:  # the last epoch trained in this process (per epoch: history)
+            extra["grad_norms"] = {"first_last_ratio": history[-1].get("grad_norm_ratio"), "layers": grad_layers}
         for metric in metrics:
             extra.update(metric(model, rule, ctx, {"T": T, "ops": ops}) or {})
         rows.append({**base, "T": T, "accuracy": float(correct[k] / len(yte)),

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from suite.archs import ResidualAdd, ResNetArch, build_network
+from suite.gradnorms import GradNorms
 from suite.baselines.conversion import SteppedIF, convert, fold_batchnorm, trace
 from suite.opcount import OpCounter
 from suite.rule import Context, check_options
@@ -195,7 +196,32 @@ def test_resnet_trains_through_run_cell(host, rule, T):
     assert 0.0 <= row["accuracy"] <= 1.0 and row["extra"]["history"][0]["train_loss"] > 0
     joins = {k: v for k, v in row["extra"]["layers"].items() if v["kind"] == "add"}
     assert len(joins) == 3 and row["extra"]["adds"] > 0
+    norms = row["extra"]["grad_norms"]
+    assert len(norms["layers"]) == 8 - 1 + 2 + 1  # depth - 1 convs, 2 projections, the classifier
+    layers = list(norms["layers"].values())
+    assert norms["first_last_ratio"] == pytest.approx(layers[0] / layers[-1])
+    assert row["extra"]["history"][0]["grad_norm_ratio"] == norms["first_last_ratio"]
     if rule == "cnn":
         assert row["synops"] == 0 and row["macs"] > 0
     else:
         assert row["synops"] > 0
+
+
+def test_grad_norms_are_epoch_means_per_layer():
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    gn = GradNorms(model)
+    first, last = [], []
+    for scale in (1.0, 3.0):
+        model.zero_grad()
+        (scale * model(torch.rand(5, 3)).square().sum()).backward()
+        first.append(float(model[0].weight.grad.norm()))
+        last.append(float(model[2].weight.grad.norm()))
+        gn.record()
+    out = gn.epoch()
+    assert list(out["layers"]) == ["0", "2"]
+    assert out["layers"]["0"] == pytest.approx(sum(first) / 2) and out["layers"]["2"] == pytest.approx(sum(last) / 2)
+    assert out["first_last_ratio"] == pytest.approx(sum(first) / sum(last))
+    assert gn.epoch() is None  # reset after each epoch
+    model.zero_grad(set_to_none=True)
+    gn.record()  # no gradients (a rule without autograd): nothing recorded
+    assert gn.epoch() is None
