@@ -4,6 +4,7 @@
 and ``DIR/runs.jsonl``), merges them, and writes one HTML file with inline SVG charts: no
 script, no stylesheet or font from elsewhere, nothing fetched. Sections: accuracy against T
 per dataset and architecture (the CNN as a dashed reference line, conversion dashed), accuracy
+against depth where rows carry one (the resnet family's ``extra.arch_spec``), accuracy
 against operations and against energy with the Pareto front ringed, per-layer spike rates,
 mean ± 95 % CI over seeds, training time and throughput, failed cells, papers, and the command
 and environment of every run. Every string from a plugin or a row is escaped.
@@ -205,6 +206,55 @@ def _accuracy_vs_T(summ: pd.DataFrame) -> list[str]:
         parts.append(line_chart(series, hlines=hlines, logx=True, title=f"{dataset} / {arch}",
                                 xlabel="time steps T", ylabel="test accuracy"))
     parts.append("</div>")
+    return parts
+
+
+def _network_label(spec: dict) -> str:
+    return (f"{'ResNet' if spec.get('residual') else 'plain'} w{spec.get('width')}"
+            + ("" if spec.get("batch_norm", True) else ", no BN"))
+
+
+def _accuracy_vs_depth(df: pd.DataFrame) -> list[str]:
+    """Test accuracy at each method's best T (chosen on validation) against network depth, for rows
+    whose ``extra.arch_spec`` has a depth (the resnet family); one chart per dataset and method,
+    one line per kind of network. Empty where no row has a depth."""
+    from suite.reports.comparison import method_table
+
+    ok = df[df["status"] == "ok"]
+    specs = {r["arch"]: _extra(r, "arch_spec") for _, r in ok.iterrows() if (_extra(r, "arch_spec") or {}).get("depth")}
+    if not specs:
+        return []
+    deep = ok[ok["arch"].isin(specs)]
+    mt = method_table(deep)
+    mt["depth"] = [int(specs[a]["depth"]) for a in mt["arch"]]
+    mt["network"] = [_network_label(specs[a]) for a in mt["arch"]]
+    ratios = {}
+    for (dataset, arch, rule), g in deep.drop_duplicates("cell_id").groupby(["dataset", "arch", "rule"]):
+        first = [(_extra(r, "history") or [{}])[0].get("grad_norm_ratio") for _, r in g.iterrows()]
+        first = [v for v in first if isinstance(v, (int, float)) and v > 0 and math.isfinite(v)]
+        ratios[(dataset, arch, rule)] = math.exp(sum(map(math.log, first)) / len(first)) if first else math.nan
+    mt["grad_ratio"] = [ratios.get((d, a, m.split(" [")[0]), math.nan) for d, a, m in
+                        zip(mt["dataset"], mt["arch"], mt["method"])]
+    parts = ["<h2 id='depth'>Accuracy against depth</h2>",
+             "<p class='note'>Networks of the resnet family (residual and plain twins, with and without BN): "
+             "test accuracy at each method's best T (chosen on validation; the CNN has none), mean over seeds "
+             "with 95 % CI bars. <i>grad ratio</i>: first / last weight-gradient norm in the first epoch, "
+             "geometric mean over seeds (&gt; 1: gradients grow towards the input, &lt; 1: they vanish).</p>"
+             "<div class='charts'>"]
+    for (dataset, method), grp in mt.groupby(["dataset", "method"], sort=True):
+        series = []
+        for net, g in grp.groupby("network", sort=True):
+            g = g.sort_values("depth")
+            series.append({"label": net, "x": [float(d) for d in g["depth"]], "y": [float(a) for a in g["acc_best"]],
+                           "err": [float(e) for e in g["acc_best_ci"]], "dashed": "plain" in net})
+        parts.append(line_chart(series, title=f"{dataset}: {method}", xlabel="depth (weight layers)",
+                                ylabel="test accuracy"))
+    parts.append("</div>")
+    t = mt.sort_values(["dataset", "method", "network", "depth"]).assign(acc="")
+    parts.append(_table(t, ["dataset", "method", "network", "depth", "arch", "seeds", "best_T", "acc", "grad_ratio"],
+                        {"best_T": lambda v: f"{int(v)}", "grad_ratio": lambda v: f"{v:.3g}"},
+                        {"best_T": "best T", "acc": "test accuracy (%)", "grad_ratio": "grad ratio"},
+                        cell_fmt={"acc": _pm("acc_best", "acc_best_ci", 100.0)}))
     return parts
 
 
@@ -514,6 +564,7 @@ def render(df: pd.DataFrame, sources: list[str], runs: list[dict], *, energy=Non
     else:
         parts += _comparison(df)
         parts += _accuracy_vs_T(summ)
+        parts += _accuracy_vs_depth(df)
         parts += _accuracy_vs_cost(summ, energy_name)
         parts += _layer_rates(df)
         parts += _learning_curves(df)

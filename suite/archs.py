@@ -88,6 +88,10 @@ class ArchSpec:
         if self.spec and not self.layers:
             object.__setattr__(self, "layers", parse_layers(self.spec))
 
+    def describe(self) -> dict:
+        """What a result row records of the network (``extra.arch_spec``)."""
+        return {"family": self.family, "spec": self.spec}
+
 
 def layer_shapes(arch: ArchSpec, input_shape: tuple[int, ...], n_classes: int) -> Iterator[tuple[Layer, tuple, tuple]]:
     """Yield ``(layer, in_shape, out_shape)`` per layer, the final classifier included.
@@ -214,6 +218,10 @@ class ResNetArch(ArchSpec):
     @property
     def blocks_per_stage(self) -> int:
         return (self.depth - 2) // 6
+
+    def describe(self) -> dict:
+        return {**super().describe(), "depth": self.depth, "width": self.width, "residual": self.residual,
+                "batch_norm": self.batch_norm}
 
 
 class ResidualAdd(nn.Module):

@@ -365,6 +365,7 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
                  # further op-count keys (activations, neuron_updates, macs_effective, energy_model, ...)
                  **{k2: v for k2, v in ops.items() if k2 not in ("synops", "macs", "energy_pj", "spikes_per_sample")},
                  "final_train": {k2: v for k2, v in last.items() if isinstance(v, (int, float))},
+                 "arch_spec": arch.describe(),
                  "history": _row_history(history, k)}
         if grad_layers is not None:  # the last epoch trained in this process (per epoch: history)
             extra["grad_norms"] = {"first_last_ratio": history[-1].get("grad_norm_ratio"), "layers": grad_layers}

@@ -256,3 +256,26 @@ def test_learning_curves_section_only_for_runs_with_history(tmp_path):
     assert "training loss" in section and "validation accuracy" in section
     write_cell(tmp_path / "b", "c2", [{**base, "rule": "cnn", "seed": 0, "T": None, "accuracy": 0.9, "extra": {}}])
     assert "id='curves'" not in render(read_frame(tmp_path / "b"), ["b"], [])
+
+
+def test_accuracy_vs_depth_view_from_the_rows_arch_spec(tmp_path):
+    rows = []
+    for arch, depth, residual in [("resnet8w8", 8, True), ("resnet14w8", 14, True), ("plain8w8", 8, False)]:
+        for seed in (0, 1):
+            for r in _cell_rows("surrogate_bptt_bn", arch=arch, seed=seed, Ts=(2, 4),
+                                  acc0=0.5 + depth / 100 - (0 if residual else 0.1)):
+                r["val_accuracy"] = r["accuracy"]
+                r["extra"].update(arch_spec={"family": "resnet", "depth": depth, "width": 8, "residual": residual,
+                                             "batch_norm": True},
+                                  history=[{"epoch": 1, "grad_norm_ratio": 10.0 ** (seed + 1)}])
+                rows.append(r)
+    write_cell(tmp_path / "deep", "cells", rows)
+    write_cell(tmp_path / "flat", "cnn", _cell_rows("cnn", Ts=(None,)))
+    page = render(read_frame(tmp_path / "deep"), ["deep"], [])
+    section = page.split("<h2 id='depth'>")[1].split("<h2")[0]
+    assert "ResNet w8" in section and "plain w8" in section and section.count("<svg") == 1
+    # at the best validation T (4): acc0 + 0.06 + 0.01 * seed, mean over seeds 0 and 1
+    for arch, acc in [("resnet8w8", "64.50"), ("resnet14w8", "70.50"), ("plain8w8", "54.50")]:
+        assert f"<td class=\"l\">{arch}</td><td class=\"\">2</td><td class=\"\">4</td><td class=\"l\">{acc} ± " in section
+    assert "<td class=\"\">31.6</td>" in section  # geometric mean of the first-epoch ratios 10 and 100
+    assert "id='depth'" not in render(read_frame(tmp_path / "flat"), ["flat"], [])
