@@ -5,8 +5,9 @@ The host reads the gradients a rule's ``train_step`` left on the weights (they s
 the next step's ``zero_grad``), so every autograd rule -- SNN or CNN twin -- is measured the same
 way and no rule changes. Per epoch: the mean norm of each conv / linear weight gradient over the
 steps, and ``first / last``: the input layer's mean over the classifier's (> 1: gradients grow
-towards the input, < 1: they vanish). A rule whose update is not autograd leaves no gradients and
-gets no entry. The norms are summed on the model's device and read once per epoch.
+towards the input, < 1: they vanish; None where the last layer got no gradient at all, e.g. a
+spiking net whose last hidden layer never fired). A rule whose update is not autograd leaves no
+gradients and gets no entry. The norms are summed on the model's device and read once per epoch.
 """
 from __future__ import annotations
 
@@ -39,5 +40,5 @@ class GradNorms:
             return None
         means = (self._sum / self._steps).cpu().tolist()
         self._sum, self._steps = None, 0
-        ratio = means[0] / means[-1] if means[-1] > 0 else float("inf")
+        ratio = means[0] / means[-1] if means[-1] > 0 else None  # nothing reached the last layer
         return {"first_last_ratio": ratio, "layers": {name: m for (name, _), m in zip(self.layers, means)}}

@@ -222,6 +222,31 @@ def test_grad_norms_are_epoch_means_per_layer():
     assert out["layers"]["0"] == pytest.approx(sum(first) / 2) and out["layers"]["2"] == pytest.approx(sum(last) / 2)
     assert out["first_last_ratio"] == pytest.approx(sum(first) / sum(last))
     assert gn.epoch() is None  # reset after each epoch
+    model.zero_grad(set_to_none=False)
+    model[0].weight.grad = torch.ones_like(model[0].weight)
+    gn.record()
+    assert gn.epoch()["first_last_ratio"] is None  # no gradient reached the last layer: no ratio
     model.zero_grad(set_to_none=True)
     gn.record()  # no gradients (a rule without autograd): nothing recorded
     assert gn.epoch() is None
+
+
+def test_depth_matrices_parse_and_cover_the_experiment(host):
+    from pathlib import Path
+
+    from suite.matrix import load_matrix
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "comparison"
+    main, alpha10 = load_matrix(root / "depth.toml", host), load_matrix(root / "depth-alpha10.toml", host)
+    for m in (main, alpha10):
+        assert m.select == "best_val" and m.seeds == (0, 1, 2)
+        assert {e.dataset for e in m.entries} == {"fashion_mnist", "nmnist"}
+        specs = {host.arch(e.arch) for e in m.entries}
+        assert {(a.depth, a.residual, a.batch_norm) for a in specs} == {
+            (d, r, bn) for d in (8, 14, 20) for r in (True, False) for bn in (True, False)}
+    assert {e.rule for e in main.entries} == {"surrogate_bptt_bn", "cnn", "ann2snn"} and main.tune["trials"] > 0
+    alphas = {dict(e.options)["alpha"] for m in (main, alpha10) for e in m.entries if e.rule == "surrogate_bptt_bn"}
+    assert alphas == {1.0, 10.0}
+    # the same networks for every method of the main file
+    nets = {r: {(e.dataset, e.arch) for e in main.entries if e.rule == r} for r in ("surrogate_bptt_bn", "cnn", "ann2snn")}
+    assert nets["surrogate_bptt_bn"] == nets["cnn"] == nets["ann2snn"]
