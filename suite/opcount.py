@@ -340,7 +340,7 @@ class OpCounter:
             lc.input_size = x[0].numel()
             self._add(lc.dense, where, steps, torch.full((x.shape[0],), float(lc.input_size)))
             self._add(lc.input_nonzero, where, steps, (x != 0).flatten(1).sum(1).float())
-            if _is_event(x):
+            if self.spikes and _is_event(x):  # an ANN's shortcut is analog whatever its values
                 self._add(lc.synops, where, steps, x.abs().flatten(1).sum(1).float())
             else:
                 self._add(lc.adds, where, steps, torch.full((x.shape[0],), float(lc.input_size)))
