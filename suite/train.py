@@ -26,6 +26,7 @@ import torch
 
 import suite
 from suite.data import validation_split
+from suite.gradnorms import GradNorms
 from suite.results import write_atomic
 from suite.rule import Context, check_options
 
@@ -264,7 +265,6 @@ def _train_and_evaluate(cell, rule, dataset, arch, hp, timesteps, train_T, rows_
         start_epoch, train_time, ctx.step = state["epoch"], state["train_time"], state["step"]
         history, best = state.get("history", []), state.get("best")
 
-    from suite.gradnorms import GradNorms
     grad_norms, grad_layers = GradNorms(model), None
     bar = None
     if progress:
