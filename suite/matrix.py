@@ -218,6 +218,9 @@ def parse_matrix(doc: dict, host, where: _Where) -> Matrix:
                     batch_size=(_int(ao, "batch_size", where, minimum=1, table=atable)
                                 or _int(over, "batch_size", where, minimum=1, table=table) or batch_size),
                     options=tuple(sorted(opts.items()))))
+    # network-major order: a partly finished run holds every method on the first networks, a complete
+    # comparison there, rather than every network of the first methods
+    entries.sort(key=lambda e: (datasets.index(e.dataset), archs.index(e.arch)))
     for pname in presets:
         try:
             p = host.preset(pname)
