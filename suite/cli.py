@@ -140,7 +140,8 @@ def cmd_tune(args, host) -> int:
             raise SystemExit(f"error: give --{k} (a positive integer) or set {k} in the matrix's [tune] table")
     tune(matrix, Path(args.out), host, trials=settings["trials"], epochs=settings["epochs"],
          limit_train=settings["limit_train"], limit_val=settings["limit_val"], seed=settings["seed"] or 0,
-         jobs=args.jobs, resume=args.resume, data_root=args.data_root, device=args.device)
+         jobs=args.jobs, resume=args.resume, data_root=args.data_root, device=args.device,
+         executor=args.executor, ray_address=args.ray_address)
     return 0
 
 
@@ -298,7 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--limit-train", type=positive_int, help="training samples per trial (default: all but validation)")
     t.add_argument("--limit-val", type=positive_int, help="validation samples per trial (default: the whole split)")
     t.add_argument("--seed", type=int, help="training seed of the trials and the sampler (default 0)")
-    t.add_argument("--jobs", type=positive_int, default=1, help="trials run at a time, in worker processes")
+    t.add_argument("--jobs", type=positive_int, default=1,
+                   help="trials run at a time, in worker processes (or Ray tasks) sharing the study journal")
+    t.add_argument("--executor", default="processes", choices=["processes", "ray"],
+                   help="where parallel trials run: local worker processes, or Ray tasks (workers on other "
+                        "machines need the output folder on a shared file system)")
+    t.add_argument("--ray-address", metavar="ADDR",
+                   help="existing Ray cluster for --executor ray (default: $RAY_ADDRESS, else a local Ray "
+                        "with --jobs CPUs)")
     t.add_argument("--resume", action="store_true", help="continue the studies in --out")
     t.add_argument("--data-root", help="dataset root (default $SNN_SUITE_DATA or ~/.cache/snn-suite/data)")
     t.add_argument("--device", default="cpu", help="torch device of the trials")

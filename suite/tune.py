@@ -184,9 +184,9 @@ def _requeue_interrupted(study) -> int:
 
 def tune(matrix: Matrix, out, host, *, trials: int, epochs: int, limit_train: int | None = None,
          limit_val: int | None = None, seed: int = 0, jobs: int = 1, resume: bool = False, data_root=None,
-         device: str = "cpu", log=None) -> Path:
+         device: str = "cpu", executor: str = "processes", ray_address: str | None = None, log=None) -> Path:
     """Run every study of the matrix to its budget; returns the path of ``tuned.toml``."""
-    optuna = _require_optuna()
+    _require_optuna()
     log = log or (lambda *a: print(*a, flush=True))
     out = Path(out)
     plan = Plan(matrix, out, trials=trials, epochs=epochs, limit_train=limit_train, limit_val=limit_val,
@@ -206,6 +206,21 @@ def tune(matrix: Matrix, out, host, *, trials: int, epochs: int, limit_train: in
     log(f"budget per study: {trials} trials x {epochs} epochs x {n_train} training samples "
         f"= {trials * epochs * n_train:,} sample-epochs (pruned trials use fewer), selected on validation")
     t_all = time.perf_counter()
+    stop_ray = _start_ray(jobs, ray_address) if executor == "ray" else None
+    try:
+        _tune_studies(plan, host, storage, entries, budget, jobs, executor, log)
+    finally:
+        if stop_ray:
+            stop_ray()
+    path = write_tuned(plan, host, storage, entries, budget, time.perf_counter() - t_all)
+    log(f"wrote {path}")
+    return path
+
+
+def _tune_studies(plan: Plan, host, storage, entries, budget: dict, jobs: int, executor: str, log) -> None:
+    """Every study to its budget, one after another."""
+    optuna = _require_optuna()
+    trials = plan.trials
     for entry in entries:
         rule = host.rule(entry.rule)
         if not rule.supports(host.arch(entry.arch), entry.dataset):
@@ -219,28 +234,53 @@ def tune(matrix: Matrix, out, host, *, trials: int, epochs: int, limit_train: in
             study.set_user_attr("note", "the rule declares no search space: its options as given")
         t0 = time.perf_counter()
         if rule.search_space and _counted(study) < trials:
-            if jobs > 1:
-                from suite.executors import _process_context
-
-                ctx = _process_context()
-                procs = [ctx.Process(target=_worker_main, args=(plan, entry, w)) for w in range(jobs)]
-                for p in procs:
-                    p.start()
-                for p in procs:
-                    p.join()
-                bad = [p.exitcode for p in procs if p.exitcode]
-                if bad:
-                    raise RuntimeError(f"tune workers of {plan.study_name(entry)} exited with {bad}")
-            else:
-                _work(plan, entry, 0)
+            _run_workers(plan, entry, jobs, executor)
         best = best_trial(study, trials)
         log(f"{plan.study_name(entry)}: {_counted(study)} trials"
             + (f" ({requeued} re-queued after an interruption)" if requeued else "")
             + (f", best validation accuracy {best.value:.4f} (trial {best.number})" if best else "")
             + f", {time.perf_counter() - t0:.0f} s")
-    path = write_tuned(plan, host, storage, entries, budget, time.perf_counter() - t_all)
-    log(f"wrote {path}")
-    return path
+
+
+def _run_workers(plan: Plan, entry, jobs: int, executor: str) -> None:
+    """``jobs`` workers on one study: in this process (1), worker processes, or Ray tasks."""
+    if executor == "ray":
+        import ray
+
+        ray.get([ray.remote(num_cpus=1)(_worker_main).remote(plan, entry, w) for w in range(jobs)])
+    elif jobs > 1:
+        from suite.executors import _process_context
+
+        ctx = _process_context()
+        procs = [ctx.Process(target=_worker_main, args=(plan, entry, w)) for w in range(jobs)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        bad = [p.exitcode for p in procs if p.exitcode]
+        if bad:
+            raise RuntimeError(f"tune workers of {plan.study_name(entry)} exited with {bad}")
+    else:
+        _work(plan, entry, 0)
+
+
+def _start_ray(jobs: int, ray_address: str | None):
+    """Connect to Ray (``ray_address``, ``$RAY_ADDRESS``, or a private local Ray with ``jobs`` CPUs);
+    returns the function that stops a Ray started here. Workers on other machines must see the
+    study journal at the same path (a shared file system)."""
+    from suite.validate import require
+
+    require("ray", "ray", "snn-suite tune --executor ray")
+    import ray
+
+    if ray.is_initialized():
+        return None
+    if ray_address is None and "RAY_ADDRESS" not in os.environ:
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        ray.init(num_cpus=max(1, int(jobs)), include_dashboard=False, log_to_driver=False)
+        return ray.shutdown
+    ray.init(address=ray_address)
+    return None
 
 
 def _study_entries(matrix: Matrix) -> list:

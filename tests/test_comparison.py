@@ -220,6 +220,17 @@ def test_two_trial_tune_resumes_after_an_interruption_and_its_result_replays(tmp
     assert rows[0]["val_accuracy"] == pytest.approx(best.value, abs=1e-9)
 
 
+def test_trials_run_as_ray_tasks_sharing_the_journal(tmp_path, host):
+    pytest.importorskip("ray")
+    from suite.tune import tune
+
+    matrix = load_matrix(_write(tmp_path, TUNE), host)
+    tune(matrix, tmp_path / "ray", host, trials=2, epochs=1, limit_train=200, jobs=2, executor="ray",
+         log=lambda *a: None)
+    study_rows = list((tmp_path / "ray" / "trials" / "cells").glob("*.jsonl"))
+    assert len(study_rows) == 2 and load_matrix(tmp_path / "ray" / "tuned.toml", host).entries
+
+
 def test_every_rule_declares_a_search_space_over_its_own_options(host):
     from suite.tune import check_space
 
