@@ -198,19 +198,6 @@ class SumPool(nn.Module):
         return f"k={self.k}"
 
 
-class StepWeights(TimeDistributed):
-    """A weight layer over ``[T, B, ...]``. In training, an input that is the same at every step
-    (a static image expanded over t, stride 0) is multiplied once and expanded: same values and
-    gradients, T times fewer MACs. In evaluation every step is computed, so the op counter sees
-    the per-step work of direct coding."""
-
-    def forward(self, x):
-        if self.training and x.shape[0] > 1 and x.stride(0) == 0:
-            y = self.module(x[0])
-            return y.unsqueeze(0).expand(x.shape[0], *y.shape)
-        return super().forward(x)
-
-
 class FixedDropout(nn.Module):
     """Dropout with one mask per sample and neuron, the same at every step (``[T, B, ...]``).
     The rule sets ``generator`` to the cell's seeded generator before each training pass."""
@@ -261,7 +248,7 @@ def build_tssl_network(arch: ArchSpec, input_shape, n_classes: int, hp) -> nn.Se
         else:
             if layer.kind == "fc" and len(in_shape) > 1:
                 mods.append(TimeDistributed(Flatten()))
-            mods += [StepWeights(_init_weight(weight_layer(layer, in_shape, bias=False), hp)),
+            mods += [TimeDistributed(_init_weight(weight_layer(layer, in_shape, bias=False), hp)),
                      PSPFilter(hp["tau_s"], gain), neuron()]
             gain = 1.0
     mods.append(PSPFilter(hp["tau_s"]))

@@ -38,6 +38,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from suite.hookspecs import hookimpl
@@ -141,16 +143,61 @@ class Flatten(nn.Module):
         return x.flatten(1)
 
 
+#: layers whose output for a sample depends on that sample alone, in any mode
+PER_SAMPLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.AvgPool2d, nn.MaxPool2d, nn.Identity, Flatten)
+
+
+def _batch_norm_over_copies(bn: nn.modules.batchnorm._BatchNorm, x0: torch.Tensor, T: int) -> torch.Tensor:
+    """Training-mode ``bn`` over T copies of ``x0`` stacked on the batch, computed on ``x0``: the
+    copies have the same mean and (biased) variance, hence the same output and gradient; the
+    running variance gets the unbiased correction of the ``T x`` larger sample, as over the copies."""
+    y = F.batch_norm(x0, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+    if bn.track_running_stats:
+        with torch.no_grad():
+            mean, var = torch.batch_norm_update_stats(x0, None, None, 0.0)  # biased var; faster than var_mean
+            n = T * (x0.numel() // x0.shape[1])
+            bn.num_batches_tracked.add_(1)
+            momentum = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            bn.running_mean.lerp_(mean, momentum)
+            bn.running_var.lerp_(var * (n / max(n - 1, 1)), momentum)
+    return y
+
+
 class TimeDistributed(nn.Module):
     """Apply a stateless layer to ``[T, B, ...]`` by merging T into the batch (BN therefore
-    normalises over batch x time)."""
+    normalises over batch x time).
+
+    Static input: where ``x`` is one step broadcast over T (``stride(0) == 0``, what the
+    ``direct`` encoder gives), a per-sample layer or a batch norm runs on that one step and its
+    output is broadcast again -- the same values for a T-th of the work, and autograd sums the
+    gradient over T before the weight gradient (one GEMM instead of T). The layer's
+    ``static_steps`` is T meanwhile, so that a forward hook marked ``static_aware`` (the op
+    counter's) charges all T steps; any other hook on the layer turns the shortcut off."""
 
     def __init__(self, module: nn.Module):
         super().__init__()
         self.module = module
 
+    def _static_ok(self) -> bool:
+        m = self.module
+        hooks = [*m._forward_hooks.values(), *m._forward_pre_hooks.values()]
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            return not hooks
+        return isinstance(m, PER_SAMPLE) and all(getattr(h, "static_aware", False) for h in hooks)
+
     def forward(self, x):
         T, B = x.shape[:2]
+        if T > 1 and x.stride(0) == 0 and self._static_ok():
+            m = self.module
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
+                y = _batch_norm_over_copies(m, x[0], T)
+            else:
+                m.static_steps = T
+                try:
+                    y = m(x[0])
+                finally:
+                    del m.static_steps
+            return y.unsqueeze(0).expand(T, *y.shape)
         y = self.module(x.reshape(T * B, *x.shape[2:]))
         return y.reshape(T, B, *y.shape[1:])
 

@@ -113,7 +113,7 @@ def cmd_run(args, host) -> int:
     write_run_meta(out, {"command": command, "environment": environment(), "cells": len(cells), **matrix.meta()})
     rows = run_matrix(cells, out, resume=args.resume, executor=args.executor, jobs=args.jobs,
                       progress=not args.quiet and sys.stderr.isatty(), max_retries=args.max_retries,
-                      ray_address=args.ray_address)
+                      ray_address=args.ray_address, host=host)
     print(f"wrote {len(rows)} rows to {out}")
     if args.report:
         from suite.reports.html import write_report

@@ -158,10 +158,9 @@ def _exit_reason(code: int) -> str:
     return f"{name}, as sent by `kill -9` or the out-of-memory killer" if name == "SIGKILL" else name
 
 
-def run_local(todo: list[Cell], finish: Callable, *, plugins: PluginSpecs = (), checkpoint_dir: Path | None = None,
+def run_local(todo: list[Cell], finish: Callable, *, host, checkpoint_dir: Path | None = None,
               progress: bool = False, **_) -> None:
     """One cell after the other in this process (a SIGKILL here ends the run; ``--resume`` goes on)."""
-    host = new_host(plugins)
     for cell in todo:
         with torch_threads(cell_threads(cell, host)):
             rows = run_cell(cell, host, progress=progress, checkpoint_dir=checkpoint_dir)
@@ -288,7 +287,7 @@ _RUNNERS = {"local": run_local, "processes": run_processes, "ray": run_ray}
 def run_matrix(cells: Iterable[Cell], out_dir: Path, *, resume: bool = False, executor: str = "local",
                jobs: int = 2, progress: bool = False, log=print, max_retries: int = 2,
                ray_address: str | None = None, runtime_env: dict | None = None,
-               plugins: PluginSpecs = ()) -> list[dict]:
+               plugins: PluginSpecs = (), host=None) -> list[dict]:
     """Run every cell with ``executor`` and write its rows atomically as it finishes.
 
     ``resume`` skips cells whose file in ``out_dir`` holds a final status (ok / nan / skipped),
@@ -319,7 +318,8 @@ def run_matrix(cells: Iterable[Cell], out_dir: Path, *, resume: bool = False, ex
 
     if not todo:
         return written
-    host = new_host(plugins) if executor != "local" else None  # for resources and failure rows
+    if host is None or plugins:
+        host = new_host(plugins)  # runs the local cells; for the others, resources and failure rows
     _RUNNERS[executor](todo, finish, jobs=jobs, plugins=tuple(plugins), checkpoint_dir=out_dir / "checkpoints",
                        progress=progress, max_retries=int(max_retries), host=host, ray_address=ray_address,
                        runtime_env=runtime_env, log=log)

@@ -41,7 +41,7 @@ class LIF(SpikingNeuron):
 
     def __init__(self, tau: float = 2.0, v_threshold: float = 1.0, v_reset: float | None = 0.0,
                  surrogate: str | Surrogate = "fast_sigmoid", alpha: float | None = None,
-                 decay_input: bool = True, detach_reset: bool = False, backend: str = "torch"):
+                 decay_input: bool = True, detach_reset: bool = False, backend: str = "auto"):
         super().__init__()
         if tau is not None and tau < 1.0:
             raise ValueError(f"LIF tau must be >= 1 (got {tau})")
@@ -66,7 +66,7 @@ class IF(LIF):
 
     def __init__(self, v_threshold: float = 1.0, v_reset: float | None = 0.0,
                  surrogate: str | Surrogate = "fast_sigmoid", alpha: float | None = None,
-                 detach_reset: bool = False, backend: str = "torch"):
+                 detach_reset: bool = False, backend: str = "auto"):
         super().__init__(tau=None, v_threshold=v_threshold, v_reset=v_reset, surrogate=surrogate,
                          alpha=alpha, detach_reset=detach_reset, backend=backend)
 

@@ -137,6 +137,13 @@ ANN_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.GELU, nn.SiLU, nn.Sigmoid
 _CONV = {nn.Conv1d: F.conv1d, nn.Conv2d: F.conv2d, nn.Conv3d: F.conv3d}
 
 
+def static_aware(hook):
+    """Mark a forward hook as understanding :class:`suite.archs.TimeDistributed`'s static
+    input (one step standing for T, ``module.static_steps``); other hooks turn that shortcut off."""
+    hook.static_aware = True
+    return hook
+
+
 def _is_event(x: torch.Tensor) -> bool:
     """Spikes, signed spikes or event counts (integer-valued input); anything else is analog."""
     return bool((x == torch.round(x)).all())
@@ -248,7 +255,7 @@ class OpCounter:
                 self.spikes[name] = torch.zeros(self.T)
                 self._handles.append(mod.register_forward_hook(self._spike_hook(name)))
             elif isinstance(mod, AVG_POOLS):
-                self._handles.append(mod.register_forward_hook(self._pool_hook))
+                self._handles.append(mod.register_forward_hook(self._pool_hook()))
             elif isinstance(mod, ANN_ACTIVATIONS):
                 self.activations[name] = torch.zeros(self.T)
                 self._handles.append(mod.register_forward_hook(self._activation_hook(name)))
@@ -307,27 +314,38 @@ class OpCounter:
         rounded = torch.round(scaled)  # float rounding of k / window: snap, then confirm
         return rounded if bool(((scaled - rounded).abs() < 1e-4).all()) else None
 
+    def _span(self, mod: nn.Module, name: str, x: torch.Tensor) -> tuple[slice | int, int, int]:
+        """``(where, steps, copies)`` for a weight layer's input: a static input's one step
+        (``mod.static_steps`` set by :class:`suite.archs.TimeDistributed`) stands for all T steps,
+        each charged as if computed (``copies`` = T); otherwise :meth:`_steps`."""
+        static = getattr(mod, "static_steps", None)
+        if static:
+            return slice(None), static, static
+        return (*self._steps(name, x.shape[0]), 1)
+
     def _weight_hook(self, name):
+        @static_aware
         def hook(mod, inputs, output):
             x = inputs[0].detach()
-            where, steps = self._steps(name, x.shape[0])
+            where, steps, copies = self._span(mod, name, x)
             events = self._as_events(x, name)
             if events is not None:
-                self._add(self.layers[name].synops, where, steps, _event_ops(mod, events))
+                self._add(self.layers[name].synops, where, steps, _event_ops(mod, events).repeat(copies))
             else:
-                self._add(self.layers[name].macs, where, steps, _dense_ops(mod, x))
+                self._add(self.layers[name].macs, where, steps, _dense_ops(mod, x).repeat(copies))
         return hook
 
     def _input_hook(self, name):
+        @static_aware
         def hook(mod, inputs, output):
             x = inputs[0].detach()
-            where, steps = self._steps(name + "#in", x.shape[0])
+            where, steps, copies = self._span(mod, name + "#in", x)
             lc = self.layers[name]
-            self._add(lc.dense, where, steps, _dense_ops(mod, x))
-            self._add(lc.input_nonzero, where, steps, (x != 0).flatten(1).sum(1).float())
+            self._add(lc.dense, where, steps, _dense_ops(mod, x).repeat(copies))
+            self._add(lc.input_nonzero, where, steps, (x != 0).flatten(1).sum(1).float().repeat(copies))
             lc.input_size = x[0].numel()
             if self._as_events(x, name) is None:
-                self._add(lc.macs_effective, where, steps, _effective_ops(mod, x))
+                self._add(lc.macs_effective, where, steps, _effective_ops(mod, x).repeat(copies))
         return hook
 
     def _join_hook(self, name):
@@ -346,7 +364,13 @@ class OpCounter:
                 self._add(lc.adds, where, steps, torch.full((x.shape[0],), float(lc.input_size)))
         return hook
 
-    def _pool_hook(self, mod, inputs, output):
+    def _pool_hook(self):
+        @static_aware  # keeps no per-step count
+        def hook(mod, inputs, output):
+            self._record_pooled(mod, inputs, output)
+        return hook
+
+    def _record_pooled(self, mod, inputs, output):
         x = inputs[0].detach()
         if torch.is_tensor(output) and _is_event(x):
             div = _pool_divisor(mod, x, output)

@@ -11,8 +11,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: 2: validation split (val_accuracy, val_split) and extra.history; 3: rows carry ``device`` and the
 #: resolved hyper-parameters ``hp``. Rows of older versions still read (the new columns empty).
@@ -113,6 +115,8 @@ REQUIRED = ("rule", "dataset", "arch", "status")
 def read_file(path: Path) -> list[dict]:
     """Rows of one result file in the row schema: CSV (``snn-suite results --csv``), Parquet, or
     JSON Lines (a cell file). Raises ValueError saying what is expected."""
+    import pandas as pd  # here: writing rows (every run) needs no pandas
+
     path = Path(path)
     suffix = path.suffix.lower()
     readers = {".csv": pd.read_csv, ".parquet": pd.read_parquet}
@@ -145,6 +149,8 @@ def read_file(path: Path) -> list[dict]:
 
 
 def read_frame(*dirs) -> pd.DataFrame:
+    import pandas as pd
+
     rows = read_rows(*dirs)
     df = pd.DataFrame(rows)
     for c in COLUMNS:

@@ -4,7 +4,9 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
+from suite.archs import TimeDistributed
 from suite.neurons import psp
 from suite.rule import Context, check_options
 from suite.train import Cell, run_cell
@@ -175,20 +177,23 @@ def test_op_counter_counts_pooled_spikes_as_accumulates(host):
 
 
 def test_static_input_shortcut_matches_per_step_weights(host):
+    """The encoded static image is one step broadcast over T: the weight layers run it once
+    (suite.archs.TimeDistributed); the same input materialised runs every step. Same values and gradients."""
     rule = host.rule("tssl_bp")
     hp = check_options(rule, {})
     arch = host.arch("mlp128")
     model = rule.build(arch, (1, 8, 8), 10, "torch", hp)
     ctx = Context(hp=hp, T=5, timesteps=(5,), arch=arch, dataset="digits", input_shape=(1, 8, 8), n_classes=10)
     x, y = torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 3])
+    x_seq = rule.encode(x, 5, ctx)
+    assert x_seq.stride(0) == 0
     grads = []
-    for train in (True, False):
-        model.train(train)
+    for inp in (x_seq, x_seq.contiguous()):
         model.zero_grad()
-        out = rule.forward(model, x, 5, ctx)
+        out = model(inp)
         rule.loss(out, y, ctx).backward()
         grads.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
-    assert torch.equal(grads[0][0], grads[1][0])
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-6)
     for a, b in zip(grads[0][1], grads[1][1]):
         assert torch.allclose(a, b, atol=1e-5)
 
@@ -211,7 +216,7 @@ def test_cifar10_preset_builds_and_trains_one_step_on_cpu(host):
     arch = host.arch(preset["arch"])
     assert rule.supports(arch, "cifar10")
     model = rule.build(arch, (3, 32, 32), 10, "torch", hp)
-    convs = [m.module for m in model if isinstance(m, tb.StepWeights)]
+    convs = [m.module for m in model if isinstance(m, TimeDistributed) and isinstance(m.module, (nn.Conv2d, nn.Linear))]
     assert [c.out_channels for c in convs[:5]] == [96, 256, 384, 384, 256]
     assert convs[5].in_features == 256 * 8 * 8                     # padding 1 keeps 32 -> 16 -> 8
     assert sum(isinstance(m, tb.FixedDropout) for m in model) == 7
