@@ -360,3 +360,25 @@ def test_ann_activations_count_as_macs_even_when_integer_valued():
         net(x)
     ops = oc.at(1)
     assert ops["synops"] == 0 and ops["macs"] == 4 * 3 + 3 * 2
+
+
+@pytest.mark.parametrize("conv", [nn.Conv2d(4, 6, 3, 2, 1), nn.Conv2d(3, 5, 5), nn.Conv2d(4, 8, 3, 1, 1, groups=2),
+                                  nn.Conv1d(2, 3, 3, 2, 1), nn.Conv2d(2, 4, 3, padding="same")],
+                         ids=["strided-padded", "valid", "grouped", "conv1d", "same"])
+def test_conv_counts_from_the_reach_map_equal_the_counting_convolution(conv):
+    """SynOps and effective MACs of a conv as one product with the adjoint of ones (cached per
+    pass) equal the per-sample sum of the counting convolution, borders and zero weights included."""
+    from suite.opcount import _conv, _effective_ops, _event_ops
+
+    g = torch.Generator().manual_seed(0)
+    spatial = (11,) if isinstance(conv, nn.Conv1d) else (11, 9)
+    x = (torch.rand(7, conv.in_channels, *spatial, generator=g) < 0.3).float() * 2.0
+    with torch.no_grad():
+        conv.weight[0].zero_()
+    want_syn = _conv(conv, x, torch.ones_like(conv.weight)).flatten(1).sum(1)
+    want_eff = _conv(conv, (x != 0).float(), (conv.weight != 0).float()).flatten(1).sum(1)
+    cache: dict = {}
+    for _ in range(2):                               # the second call reads the cached maps
+        assert torch.equal(_event_ops(conv, x, cache), want_syn)
+        assert torch.equal(_effective_ops(conv, x, cache), want_eff)
+    assert torch.equal(_event_ops(conv, x), want_syn)

@@ -8,6 +8,8 @@ Options (``tox -e bench -- --speed-repeats 5`` etc.):
   measures the other tenants.
 * ``--speed-repeats R`` (default 3): every (net, T, contender) is benchmarked R times, the
   repeats outermost, so contenders interleave and a burst of load hits all of them alike.
+* ``--speed-neurons`` (default ``lif-tau2-sigmoid``): comma-separated neuron settings
+  (``lif-tau<T>-<surrogate>``, ``if-<surrogate>``) or ``all``;
 * ``--speed-device cpu|cuda``, ``--speed-out DIR`` (default benchmarks/results/speed),
   ``--speed-tag TAG`` (summary file suffix).
 
@@ -36,6 +38,7 @@ def pytest_addoption(parser):
     g = parser.getgroup("speed")
     g.addoption("--speed-threads", type=int, default=1)
     g.addoption("--speed-repeats", type=int, default=3)
+    g.addoption("--speed-neurons", default="lif-tau2-sigmoid")
     g.addoption("--speed-device", default="cpu")
     g.addoption("--speed-out", default=str(Path(__file__).resolve().parents[1] / "results" / "speed"))
     g.addoption("--speed-tag", default="", help="suffix of the summary file name")
@@ -49,11 +52,12 @@ def pytest_configure(config):
 
 def pytest_generate_tests(metafunc):
     if "repeat" in metafunc.fixturenames:
-        from test_speed import cases
+        from test_speed import cases, neurons
 
-        params = cases(metafunc.config.getoption("--speed-repeats"))
-        metafunc.parametrize("repeat,net,T,batch,contender", params,
-                             ids=[f"{n}-T{t}-B{b}-{c}-r{r}" for r, n, t, b, c in params])
+        params = cases(metafunc.config.getoption("--speed-repeats"),
+                       neurons(metafunc.config.getoption("--speed-neurons")))
+        metafunc.parametrize("repeat,net,T,batch,neuron,contender", params,
+                             ids=[f"{n}-T{t}-B{b}-{nn}-{c}-r{r}" for r, n, t, b, nn, c in params])
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -65,14 +69,21 @@ def speed_threads(request):
 
 
 def _summary() -> dict:
+    """Per net, T, batch and neuron setting: every contender's median, with the floor of that net and T."""
+    floors: dict = {}
     by_case: dict = defaultdict(dict)
-    for (net, T, batch, contender), r in RESULTS.items():
+    for (net, T, batch, neuron, contender), r in RESULTS.items():
         entry = {"median_ms": statistics.median(r["times_s"]) * 1e3 if r["times_s"] else None,
                  "rounds": len(r["times_s"]), "peak_mem_mb": r["peak_mem_mb"]}
         if r["skipped"]:
             entry["skipped"] = r["skipped"]
-        by_case[f"{net}-T{T}-B{batch}"][contender] = entry
-    for case in by_case.values():
+        if contender == "floor":
+            floors[(net, T, batch)] = entry
+        else:
+            by_case[(net, T, batch, neuron)][contender] = entry
+    out = {}
+    for (net, T, batch, neuron), case in by_case.items():
+        case = out[f"{net}-T{T}-B{batch}-{neuron}"] = {"floor": dict(floors.get((net, T, batch), {})), **case}
         floor = (case.get("floor") or {}).get("median_ms")
         peers = {c: e["median_ms"] for c, e in case.items()
                  if c in META["peers"] and e.get("median_ms") is not None}
@@ -85,7 +96,7 @@ def _summary() -> dict:
             if best_peer:
                 e["x_fastest_peer"] = round(e["median_ms"] / peers[best_peer], 3)
                 e["fastest_peer"] = best_peer
-    return by_case
+    return out
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -102,7 +113,7 @@ def pytest_sessionfinish(session, exitstatus):
                        "loadavg_at_end": os.getloadavg()},
            "threads": META.get("threads"), "device": META.get("device"), "peers": META["peers"],
            "SJ_LIF_CUDA_IMPLEMENTATION": os.environ.get("SJ_LIF_CUDA_IMPLEMENTATION", "auto"),
-           "repeats": cfg.getoption("--speed-repeats"),
+           "repeats": cfg.getoption("--speed-repeats"), "neurons": cfg.getoption("--speed-neurons"),
            "step": "forward over T + cross-entropy on the time-mean output + backward + SGD(momentum) step",
            "statistic": "median over all timed rounds of all repeats; peak_mem_mb: peak bytes allocated "
                         "during one step (torch profiler on CPU, max_memory_allocated on CUDA)",

@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from contenders import TAU, V_TH, peer_version
+from contenders import DEFAULT_NEURON, V_TH, peer_version
+
+TAU = DEFAULT_NEURON.tau
 
 SHAPES = {"cpu": [(10, 128 * 800), (50, 128 * 800)], "cuda": [(10, 1 << 22), (50, 1 << 22)]}
 CONTENDERS = ("copy", "ours-fused", "ours-triton", "spikingjelly")

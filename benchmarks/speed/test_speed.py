@@ -3,14 +3,18 @@
 Contenders: ``floor`` (the same step with ReLU: the GEMMs), ``ours-<backend>`` for every backend
 that can run here, and each installed peer (SpikingJelly, snnTorch, Norse). Cases: FC
 784-800-10 at T = 10 and 50 (batch 128), and the conv net 16C3p1-P2-32C3p1-P2-128 at T = 10
-(batch 32). See conftest.py for the options and the JSON summary.
+(batch 32). Neuron settings (``--speed-neurons``, default the one first measured, LIF tau 2
+sigmoid; ``all``: LIF tau 2 and 10 and IF, each with fast_sigmoid, sigmoid, atan and rectangular):
+the floor runs once per net and T, ``ours-torch`` (the reference) at the default setting only.
+See conftest.py for the options and the JSON summary.
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
-from contenders import PEERS, build, contender_names, make_batch, make_step, peer_version
+from contenders import (ALL_NEURONS, DEFAULT_NEURON, PEERS, Neuron, Unsupported, build, contender_names,
+                         make_batch, make_step, peer_version)
 from conftest import META, RESULTS
 
 CONFIGS = [("fc", 10, 128), ("fc", 50, 128), ("conv", 10, 32)]
@@ -18,9 +22,22 @@ OUR_BACKENDS = ("torch", "fused", "triton")
 ROUNDS = {("fc", 10): 10, ("fc", 50): 4, ("conv", 10): 4}
 
 
-def cases(repeats: int):
-    return [(r, net, T, B, c) for r in range(repeats) for net, T, B in CONFIGS
-            for c in contender_names(OUR_BACKENDS)]
+def neurons(option: str) -> list[Neuron]:
+    if option == "all":
+        return list(ALL_NEURONS)
+    return [Neuron.parse(n) for n in option.split(",") if n]
+
+
+def cases(repeats: int, settings: list[Neuron]):
+    out = []
+    for r in range(repeats):
+        for net, T, B in CONFIGS:
+            for i, n in enumerate(settings):
+                for c in contender_names(OUR_BACKENDS):
+                    if (c == "floor" and i) or (c == "ours-torch" and n != DEFAULT_NEURON and len(settings) > 1):
+                        continue  # the floor has no neuron; the reference is timed at one setting
+                    out.append((r, net, T, B, "relu" if c == "floor" else n.name, c))
+    return out
 
 
 def _skip_reason(contender: str, device: str) -> str | None:
@@ -62,15 +79,19 @@ def peak_step_memory_mb(step, device: str) -> float:
     return peak / 2 ** 20
 
 
-def test_step(benchmark, request, repeat, net, T, batch, contender):
+def test_step(benchmark, request, repeat, net, T, batch, neuron, contender):
     device = request.config.getoption("--speed-device")
-    key = (net, T, batch, contender)
+    key = (net, T, batch, neuron, contender)
     reason = _skip_reason(contender, device)
     if reason is not None:
         RESULTS[key]["skipped"] = reason
         pytest.skip(reason)
     torch.manual_seed(0)
-    built = build(contender, net)
+    try:
+        built = build(contender, net, DEFAULT_NEURON if neuron == "relu" else Neuron.parse(neuron))
+    except Unsupported as exc:
+        RESULTS[key]["skipped"] = str(exc)
+        pytest.skip(str(exc))
     built.model.to(device)
     x, y = make_batch(net, T, batch)
     step = make_step(built, x.to(device), y.to(device))
@@ -84,7 +105,7 @@ def test_step(benchmark, request, repeat, net, T, batch, contender):
         timed()
     if RESULTS[key]["peak_mem_mb"] is None:
         RESULTS[key]["peak_mem_mb"] = round(peak_step_memory_mb(step, device), 1)
-    benchmark.group = f"{net}-T{T}-B{batch}"
-    benchmark.extra_info.update(net=net, T=T, batch=batch, contender=contender, repeat=repeat)
+    benchmark.group = f"{net}-T{T}-B{batch}-{neuron}"
+    benchmark.extra_info.update(net=net, T=T, batch=batch, neuron=neuron, contender=contender, repeat=repeat)
     benchmark.pedantic(timed, rounds=ROUNDS[(net, T)], iterations=1, warmup_rounds=1)
     RESULTS[key]["times_s"].extend(benchmark.stats.stats.data)
