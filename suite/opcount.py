@@ -285,7 +285,6 @@ class OpCounter:
                 self.layers[name] = LayerCount(name, "linear" if isinstance(mod, nn.Linear) else "conv",
                                                torch.zeros(self.T), torch.zeros(self.T))
                 self._handles.append(mod.register_forward_hook(self._weight_hook(name)))
-                self._handles.append(mod.register_forward_hook(self._input_hook(name)))
             elif getattr(mod, "residual_join", False):
                 self.layers[name] = LayerCount(name, "add", torch.zeros(self.T), torch.zeros(self.T))
                 self._handles.append(mod.register_forward_hook(self._join_hook(name)))
@@ -367,24 +366,17 @@ class OpCounter:
         def hook(mod, inputs, output):
             x = inputs[0].detach()
             where, steps, copies = self._span(mod, name, x)
-            events = self._as_events(x, name)
-            if events is not None:
-                self._add(self.layers[name].synops, where, steps, _event_ops(mod, events, self._reach).repeat(copies))
-            else:
-                self._add(self.layers[name].macs, where, steps, _dense_ops(mod, x).repeat(copies))
-        return hook
-
-    def _input_hook(self, name):
-        @static_aware
-        def hook(mod, inputs, output):
-            x = inputs[0].detach()
-            where, steps, copies = self._span(mod, name + "#in", x)
             lc = self.layers[name]
-            self._add(lc.dense, where, steps, _dense_ops(mod, x).repeat(copies))
+            events = self._as_events(x, name)
+            dense = _dense_ops(mod, x).repeat(copies)
+            if events is not None:
+                self._add(lc.synops, where, steps, _event_ops(mod, events, self._reach).repeat(copies))
+            else:
+                self._add(lc.macs, where, steps, dense)
+                self._add(lc.macs_effective, where, steps, _effective_ops(mod, x, self._reach).repeat(copies))
+            self._add(lc.dense, where, steps, dense)
             self._add(lc.input_nonzero, where, steps, (x != 0).flatten(1).sum(1).float().repeat(copies))
             lc.input_size = x[0].numel()
-            if self._as_events(x, name) is None:
-                self._add(lc.macs_effective, where, steps, _effective_ops(mod, x, self._reach).repeat(copies))
         return hook
 
     def _join_hook(self, name):
