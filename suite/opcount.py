@@ -167,55 +167,51 @@ _CONV_INPUT_GRAD = {nn.Conv1d: torch.nn.grad.conv1d_input, nn.Conv2d: torch.nn.g
                     nn.Conv3d: torch.nn.grad.conv3d_input}
 
 
-def _reach(layer: nn.Module, x: torch.Tensor, w: torch.Tensor, cache: dict | None) -> torch.Tensor:
+def _cached(cache: dict | None, key, make):
+    """``make()``, kept in ``cache`` under ``key`` for the rest of the pass (no cache: computed)."""
+    if cache is None:
+        return make()
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
+
+
+def _reach(layer: nn.Module, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """Per input position, the sum over all outputs of the weights ``w`` connecting it:
     ``sum(conv(x, w)) = <x, reach>``, the conv's adjoint applied to ones (padding, stride and
-    borders included). Depends on the shapes and ``w`` only, so ``cache`` keeps it for the pass."""
-    key = (id(layer), tuple(x.shape[1:]), w.data_ptr(), w._version)
-    if cache is not None and key in cache:
-        return cache[key]
+    borders included). It depends on the shapes and ``w`` only."""
     out_shape = _conv(layer, x[:1], w).shape
     fn = next(f for t, f in _CONV_INPUT_GRAD.items() if isinstance(layer, t))
-    reach = fn((1, *x.shape[1:]), w.to(torch.float32), torch.ones(out_shape, dtype=torch.float32, device=x.device),
-               layer.stride, layer.padding, layer.dilation, layer.groups)[0].flatten()
-    if cache is not None:
-        cache[key] = reach
-    return reach
+    return fn((1, *x.shape[1:]), w, torch.ones(out_shape, dtype=w.dtype, device=x.device),
+              layer.stride, layer.padding, layer.dilation, layer.groups)[0].flatten()
 
 
-def _conv_sum(layer: nn.Module, x: torch.Tensor, w: torch.Tensor, cache: dict | None) -> torch.Tensor:
-    """``conv(x, w)`` summed per sample, as one product with :func:`_reach` (a conv where the
-    layer pads with a string mode)."""
+def _conv_sum(layer: nn.Module, x: torch.Tensor, w: torch.Tensor, kind: str, cache: dict | None) -> torch.Tensor:
+    """``conv(x, w)`` summed per sample: one product with the cached :func:`_reach` of ``w``
+    (``kind`` names ``w`` in the cache), or the convolution itself where the layer pads by a string mode."""
     if isinstance(layer.padding, str):
-        return _conv(layer, x.to(torch.float32), w.to(torch.float32)).flatten(1).sum(1)
-    return x.flatten(1).to(torch.float32) @ _reach(layer, x, w, cache)
+        return _conv(layer, x, w).flatten(1).sum(1)
+    reach = _cached(cache, (kind, id(layer), tuple(x.shape[1:]), layer.weight._version), lambda: _reach(layer, x, w))
+    return x.flatten(1) @ reach
 
 
 def _event_ops(layer: nn.Module, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
     """Exact accumulate count per sample: every input event (|count| of them at an input)
-    x the outputs it reaches. For binary spikes this is nnz x fan-out."""
+    x the outputs it reaches. For binary spikes this is nnz x fan-out. ``cache``: a dict kept for
+    one evaluation pass (the weights fixed), where a conv's reach map is computed once."""
     nz = x.abs().to(torch.float32)
     if isinstance(layer, nn.Linear):
         return nz.flatten(1).sum(1) * layer.out_features
-    ones = cache.setdefault(("ones", id(layer)), torch.ones_like(layer.weight, dtype=torch.float32)) \
-        if cache is not None else torch.ones_like(layer.weight, dtype=torch.float32)
-    return _conv_sum(layer, nz, ones, cache)
+    return _conv_sum(layer, nz, torch.ones_like(layer.weight, dtype=torch.float32), "ones", cache)
 
 
 def _effective_ops(layer: nn.Module, x: torch.Tensor, cache: dict | None = None) -> torch.Tensor:
     """Pairs of a non-zero input and a non-zero weight per sample (NeuroBench's effective count)."""
     xb = (x != 0).to(torch.float32)
+    wb = (layer.weight != 0).to(torch.float32)
     if isinstance(layer, nn.Linear):
-        wb = (layer.weight != 0).to(torch.float32)
         return (xb.reshape(-1, layer.in_features) @ wb.sum(0)).reshape(x.shape[0], -1).sum(1)
-    key = ("nonzero", id(layer), layer.weight._version)
-    if cache is not None and key in cache:
-        wb = cache[key]
-    else:
-        wb = (layer.weight != 0).to(torch.float32)
-        if cache is not None:
-            cache[key] = wb
-    return _conv_sum(layer, xb, wb, cache)
+    return _conv_sum(layer, xb, wb, "nonzero", cache)
 
 
 def _pool_divisor(pool: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float | None:
@@ -274,7 +270,7 @@ class OpCounter:
     _handles: list = field(default_factory=list)
     _pooled: dict = field(default_factory=dict)   # storage address -> (tensor, divisor): pooled spikes
     _input_layer: str | None = None               # the first weight layer that ran: it reads the input
-    _reach: dict = field(default_factory=dict)    # per conv layer and input shape: see _reach()
+    _maps: dict = field(default_factory=dict)     # per conv layer and input shape, for the pass: see _reach()
 
     def __post_init__(self):
         self.energy = energy_model(self.energy)
@@ -307,7 +303,7 @@ class OpCounter:
             h.remove()
         self._handles.clear()
         self._pooled.clear()
-        self._reach.clear()
+        self._maps.clear()
 
     def next_batch(self, batch_size: int):
         self.batch_size = batch_size
@@ -370,10 +366,10 @@ class OpCounter:
             events = self._as_events(x, name)
             dense = _dense_ops(mod, x).repeat(copies)
             if events is not None:
-                self._add(lc.synops, where, steps, _event_ops(mod, events, self._reach).repeat(copies))
+                self._add(lc.synops, where, steps, _event_ops(mod, events, self._maps).repeat(copies))
             else:
                 self._add(lc.macs, where, steps, dense)
-                self._add(lc.macs_effective, where, steps, _effective_ops(mod, x, self._reach).repeat(copies))
+                self._add(lc.macs_effective, where, steps, _effective_ops(mod, x, self._maps).repeat(copies))
             self._add(lc.dense, where, steps, dense)
             self._add(lc.input_nonzero, where, steps, (x != 0).flatten(1).sum(1).float().repeat(copies))
             lc.input_size = x[0].numel()
