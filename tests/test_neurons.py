@@ -62,3 +62,24 @@ def test_surrogate_grad_is_derivative_of_primitive(name):
 def test_invalid_tau():
     with pytest.raises(ValueError, match="tau must be >= 1"):
         LIF(tau=0.5)
+
+
+def test_neurons_default_to_the_fastest_backend_for_the_input_device(monkeypatch):
+    """LIF()/IF() without backend= take "auto": on a CPU tensor that is the fused backend, with the
+    reference's values and gradients."""
+    from suite.kernels import auto, fused
+
+    calls = []
+    real = fused.multi_step
+    monkeypatch.setattr(fused, "multi_step", lambda x, **kw: calls.append(x.device.type) or real(x, **kw))
+    for default, reference in ((LIF(tau=10.0), LIF(tau=10.0, backend="torch")), (IF(), IF(backend="torch"))):
+        assert default.backend == "auto"
+        x = (torch.rand(6, 3, 5) * 2).requires_grad_()
+        y = default(x)
+        assert calls[-1] == "cpu" and auto.backend_for(x) is fused
+        (g,) = torch.autograd.grad(y.sum(), x)
+        x2 = x.detach().clone().requires_grad_()
+        y2 = reference(x2)
+        (g2,) = torch.autograd.grad(y2.sum(), x2)
+        assert torch.equal(y, y2)
+        assert torch.allclose(g, g2, atol=1e-6)
