@@ -37,7 +37,10 @@ class SpikingNeuron(nn.Module):
 
 
 class LIF(SpikingNeuron):
-    """Leaky integrate-and-fire over T steps: ``[T, B, ...]`` currents -> ``[T, B, ...]`` spikes."""
+    """Leaky integrate-and-fire over T steps: ``[T, B, ...]`` currents -> ``[T, B, ...]`` spikes.
+
+    ``backend="auto"`` (the default) runs the fastest backend that is correct for the input's
+    device (fused on the CPU, triton on CUDA); ``"torch"`` is the reference loop."""
 
     def __init__(self, tau: float = 2.0, v_threshold: float = 1.0, v_reset: float | None = 0.0,
                  surrogate: str | Surrogate = "fast_sigmoid", alpha: float | None = None,
