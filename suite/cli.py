@@ -56,12 +56,13 @@ def matrix_from_args(args, host):
         if not args.rules:
             raise SystemExit("error: give --rules, --preset or --matrix")
         rules = host.select_rules(args.rules)
-        host.dataset(args.dataset)
-        host.arch(args.arch)
+        dataset, arch = args.dataset or "digits", args.arch or "mlp128"
+        host.dataset(dataset)
+        host.arch(arch)
         for r in rules:
             rule = host.rule(r)
             own = {k: v for k, v in options.items() if k in rule.defaults}
-            entries.append(Entry(r, args.dataset, args.arch, timesteps, args.epochs, args.batch_size,
+            entries.append(Entry(r, dataset, arch, timesteps, args.epochs, args.batch_size,
                                  tuple(sorted(own.items()))))
         unknown = [k for k in options if not any(k in host.rule(r).defaults for r in rules)]
         if unknown:
@@ -93,13 +94,14 @@ def cmd_run(args, host) -> int:
 
     command = "snn-suite " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if args.matrix:
-        given = [o for o, v in (("--rules", args.rules), ("--preset", args.preset), ("--timesteps", args.timesteps),
+        given = [o for o, v in (("--preset", args.preset), ("--timesteps", args.timesteps),
                                 ("--epochs", args.epochs), ("--set", args.set)) if v]
         if given:
             raise SystemExit(f"error: --matrix declares the whole matrix; drop {', '.join(given)} "
                              "(or write them into the file)")
         from suite.matrix import load_matrix
         matrix = load_matrix(args.matrix, host)
+        matrix.narrow(host, rules=args.rules, datasets=args.dataset, archs=args.arch)
     else:
         matrix = matrix_from_args(args, host)
     if args.curve is not None and args.curve < 0:
@@ -128,11 +130,7 @@ def cmd_tune(args, host) -> int:
 
     matrix = load_matrix(args.matrix, host)
     check_cells(host, matrix.cells(data_root=args.data_root, device=args.device))
-    if args.rules:
-        keep = set(host.select_rules(args.rules))
-        matrix.entries = [e for e in matrix.entries if e.rule in keep]
-        if not matrix.entries:
-            raise SystemExit(f"error: --rules {args.rules!r} selects no rule of {args.matrix}")
+    matrix.narrow(host, rules=args.rules)
     settings = {k: getattr(args, k) if getattr(args, k) is not None else matrix.tune.get(k)
                 for k in ("trials", "epochs", "limit_train", "limit_val", "seed")}
     for k in ("trials", "epochs"):
@@ -240,12 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--matrix", metavar="FILE.toml",
                    help="run the matrix a TOML file declares (rules x datasets x archs x seeds x T, per-rule "
                         "overrides); see suite/matrix.py")
-    r.add_argument("--rules", help="comma-separated rule names or patterns, or 'all'")
+    r.add_argument("--rules", help="comma-separated rule names or patterns, or 'all' (with --matrix: run only "
+                                   "these of the file's rules)")
     r.add_argument("--preset", help="paper preset(s) or patterns, e.g. surrogate_bptt_bn/mnist or '*/digits' (see `snn-suite plugins`)")
-    r.add_argument("--dataset", default="digits",
-                   help="dataset name (default: digits, embedded; see `snn-suite plugins`)")
-    r.add_argument("--arch", default="mlp128",
-                   help="architecture name shared by all rules (default: mlp128; see `snn-suite plugins`)")
+    r.add_argument("--dataset",
+                   help="dataset name (default: digits, embedded; see `snn-suite plugins`; with --matrix: run "
+                        "only these of the file's datasets, comma-separated)")
+    r.add_argument("--arch",
+                   help="architecture name shared by all rules (default: mlp128; see `snn-suite plugins`; with "
+                        "--matrix: run only these of the file's architectures, comma-separated)")
     r.add_argument("--timesteps", help="comma-separated T values evaluated from one pass (default: rule's T)")
     r.add_argument("--seeds", default="0", help="comma-separated integer seeds, one cell each (default: 0)")
     r.add_argument("--epochs", type=positive_int,

@@ -94,6 +94,32 @@ class Matrix:
         """What ``runs.jsonl`` records of the matrix."""
         return {"matrix": self.source} if self.source else {}
 
+    def narrow(self, host, *, rules: str | None = None, datasets: str | None = None,
+               archs: str | None = None) -> None:
+        """Keep only the entries of these rules (names or patterns), datasets and architectures
+        (comma-separated names): a part of a declared matrix, e.g. its conv-net cells on another
+        machine. The cells kept are the file's own (same ids), so ``--resume`` mixes freely."""
+        where = (self.source or {}).get("path", "the matrix")
+        keep_rules = set(host.select_rules(rules)) if rules else None
+        for option, text, have in (("--dataset", datasets, {e.dataset for e in self.entries}),
+                                   ("--arch", archs, {e.arch for e in self.entries})):
+            for name in _csv(text):
+                if name not in have:
+                    raise MatrixError(f"{option} {name!r}: not in {where} (it has {', '.join(sorted(have))})")
+        keep_datasets, keep_archs = set(_csv(datasets)) or None, set(_csv(archs)) or None
+        entries = [e for e in self.entries
+                   if (keep_rules is None or e.rule in keep_rules)
+                   and (keep_datasets is None or e.dataset in keep_datasets)
+                   and (keep_archs is None or e.arch in keep_archs)]
+        if not entries:
+            given = " ".join(f"{o} {v!r}" for o, v in (("--rules", rules), ("--dataset", datasets), ("--arch", archs)) if v)
+            raise MatrixError(f"{given} selects no cell of {where}")
+        self.entries = entries
+
+
+def _csv(text: str | None) -> list[str]:
+    return [p.strip() for p in (text or "").split(",") if p.strip()]
+
 
 # ------------------------------------------------------------------ file
 def load_matrix(path, host) -> Matrix:

@@ -158,8 +158,17 @@ def test_run_matrix_records_the_file_and_refuses_mixed_options(tmp_path, capsys)
     assert meta["matrix"]["text"] == path.read_text() and len(meta["matrix"]["sha256"]) == 64
     df = read_frame(tmp_path / "out")
     assert set(df["rule"]) == {"surrogate_bptt_bn", "cnn"} and df["val_accuracy"].notna().all()
-    with pytest.raises(SystemExit, match="--matrix declares the whole matrix; drop --rules"):
-        main(["run", "--matrix", str(path), "--rules", "cnn", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="--matrix declares the whole matrix; drop --preset"):
+        main(["run", "--matrix", str(path), "--preset", "cnn/digits", "--out", str(tmp_path / "x")])
+    # --rules / --arch run a part of the file: the same cells (ids), so a part resumes into the whole
+    assert main(["run", "--matrix", str(path), "--rules", "cnn", "--arch", "mlp128", "--out", str(tmp_path / "part"),
+                 "--quiet"]) == 0
+    part = read_frame(tmp_path / "part")
+    assert set(part["rule"]) == {"cnn"} and set(part["cell_id"]) == set(df[df["rule"] == "cnn"]["cell_id"])
+    assert main(["run", "--matrix", str(path), "--arch", "convnet", "--out", str(tmp_path / "x")]) == 2
+    assert "--arch 'convnet': not in" in capsys.readouterr().err
+    assert main(["run", "--matrix", str(path), "--rules", "lee_bp", "--out", str(tmp_path / "x")]) == 2
+    assert "--rules 'lee_bp' selects no cell of" in capsys.readouterr().err
     assert main(["run", "--matrix", str(tmp_path / "missing.toml"), "--out", str(tmp_path / "x")]) == 2
     assert "missing.toml: cannot read matrix file" in capsys.readouterr().err
 
