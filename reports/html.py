@@ -14,10 +14,10 @@ machines) counts once, the most recently finished copy.
 """
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
-import urllib.parse
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
@@ -528,8 +528,9 @@ def _papers(df: pd.DataFrame) -> list[str]:
 
 def _csv_link(df: pd.DataFrame) -> str:
     cols = [c for c in COLUMNS if c in df.columns and c != "extra"] + (["source"] if "source" in df else [])
-    data = urllib.parse.quote(df[cols].to_csv(index=False))
-    return (f"<p><a download='snn-suite-rows.csv' href='data:text/csv;charset=utf-8,{data}'>Download all rows as "
+    # base64 (4/3 of the text) rather than percent-encoding, which triples every comma and space
+    data = base64.b64encode(df[cols].to_csv(index=False).encode()).decode("ascii")
+    return (f"<p><a download='snn-suite-rows.csv' href='data:text/csv;charset=utf-8;base64,{data}'>Download all rows as "
             "CSV</a> (embedded in this file).</p>")
 
 

@@ -1,6 +1,8 @@
 """The HTML comparison report (reports/html.py, reports/svg.py): merging, statistics, Pareto
 front, escaping, self-containment, and rendering in headless Chromium where installed."""
+import base64
 import html as htmlmod
+import io
 import json
 import os
 import re
@@ -9,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from suite.cli import main
@@ -99,6 +102,10 @@ def test_merged_report_statistics_escaping_and_self_containment(result_dirs, tmp
     # commands of both machines, with the rows each produced
     assert htmlmod.escape("snn-suite run --rules surrogate_bptt_bn,ann2snn") in page
     assert "data:text/csv" in page and "tssl_bp" in page
+    # the embedded CSV holds every deduplicated row
+    embedded = re.search(r"data:text/csv;charset=utf-8;base64,([A-Za-z0-9+/=]+)", page).group(1)
+    csv_rows = pd.read_csv(io.StringIO(base64.b64decode(embedded).decode()))
+    assert len(csv_rows) == len(df) and set(csv_rows["rule"]) == set(df["rule"])
     assert oct(out.stat().st_mode & 0o777) == "0o644"
 
 
