@@ -100,6 +100,55 @@ def paired_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def unbeaten(pt: pd.DataFrame) -> set:
+    """``(dataset, arch, method)`` of the methods that no other method on the same network beats
+    (no paired interval excludes zero in another's favour); methods missing from ``pt`` count too."""
+    beaten = set()
+    for _, r in pt.iterrows():
+        if r["verdict"] == f"{r['A']} > {r['B']}":
+            beaten.add((r["dataset"], r["arch"], r["B"]))
+        elif r["verdict"] == f"{r['B']} > {r['A']}":
+            beaten.add((r["dataset"], r["arch"], r["A"]))
+    return beaten
+
+
+def overview_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per method, one column group per ``dataset / arch``: test accuracy at the method's best
+    T (mean over seeds), that T, and whether the method is unbeaten on that network (see :func:`unbeaten`);
+    methods ordered by their mean accuracy over the networks they ran."""
+    mt, pt = method_table(df), paired_table(df)
+    if mt.empty:
+        return mt
+    beaten = unbeaten(pt) if len(pt) else set()
+    sk = skipped(df)
+    out = {}
+    for _, r in mt.iterrows():
+        net = f"{r['dataset']} / {r['arch']}"
+        bt = r["best_T"]
+        out.setdefault(r["method"], {})[net] = {
+            "acc": r["acc_best"], "T": None if bt is None or (isinstance(bt, float) and math.isnan(bt)) else int(bt),
+            "unbeaten": (r["dataset"], r["arch"], r["method"]) not in beaten}
+    for _, r in sk.iterrows():
+        out.setdefault(r["rule"], {}).setdefault(f"{r['dataset']} / {r['arch']}", {"skipped": r["reason"]})
+    nets = sorted({n for cells in out.values() for n in cells})
+    rows = []
+    for method, cells in out.items():
+        accs = [c["acc"] for c in cells.values() if "acc" in c and c["acc"] == c["acc"]]
+        rows.append({"method": method, "mean": sum(accs) / len(accs) if accs else math.nan,
+                     **{n: cells.get(n) for n in nets}})
+    return pd.DataFrame(rows).sort_values("mean", ascending=False, na_position="last").reset_index(drop=True)
+
+
+def overview_cell(c) -> tuple[str, bool]:
+    """The text of one overview cell and whether the method is unbeaten there."""
+    if not c:
+        return "", False
+    if "skipped" in c:
+        return "skipped", False
+    t = f" (T={c['T']})" if c["T"] is not None else ""
+    return _pct(c["acc"]) + t, bool(c["unbeaten"])
+
+
 def skipped(df: pd.DataFrame) -> pd.DataFrame:
     """Methods that could not run a network, with the reason (one line per rule, dataset, arch)."""
     s = df[df["status"] == "skipped"]
@@ -126,6 +175,17 @@ def markdown(df: pd.DataFrame) -> str:
     """The comparison as Markdown tables (what README quotes), one block per dataset and network."""
     mt, pt, sk = method_table(df), paired_table(df), skipped(df)
     lines = []
+    ov = overview_table(df)
+    if len(ov.columns) > 3:  # more than one network: the overview first
+        nets = [c for c in ov.columns if c not in ("method", "mean")]
+        lines += ["**Overview** (test accuracy %, mean over seeds, at each method's best T chosen on validation; "
+                  "**bold**: no other method beats it on that network, i.e. no paired 95 % interval excludes zero "
+                  "in another's favour)", "",
+                  "| method | " + " | ".join(nets) + " |", "|---|" + "---|" * len(nets)]
+        for _, r in ov.iterrows():
+            cells = [overview_cell(r[n]) for n in nets]
+            lines.append(f"| {r['method']} | " + " | ".join(f"**{t}**" if top and t else t for t, top in cells) + " |")
+        lines.append("")
     for (dataset, arch), g in mt.groupby(["dataset", "arch"], sort=True):
         n = int(g["seeds"].max())
         lines += [f"**{dataset} / {arch}** (test accuracy %, mean ± 95 % CI over {n} seeds; best T chosen on "

@@ -389,7 +389,7 @@ def _learning_curves(df: pd.DataFrame) -> list[str]:
 
 def _comparison(df: pd.DataFrame) -> list[str]:
     """The head-to-head tables (methods at T=4, T=16 and best T by validation; paired differences)."""
-    from suite.reports.comparison import FIXED_T, method_table, paired_table, skipped
+    from suite.reports.comparison import FIXED_T, method_table, overview_cell, overview_table, paired_table, skipped
 
     if "val_accuracy" not in df or _num(df, "val_accuracy").isna().all():
         return []
@@ -403,6 +403,20 @@ def _comparison(df: pd.DataFrame) -> list[str]:
              "accuracy; the test set is read once per run, at the end). SynOps, energy and training time at the "
              "best T. Paired differences compare two methods seed by seed, each at its best T; a winner is named "
              "only where the 95 % interval of the difference excludes zero.</p>"]
+    ov = overview_table(df)
+    nets = [c for c in ov.columns if c not in ("method", "mean")]
+    if len(nets) > 1:  # several networks: one line per method across them first
+        head = "".join(f"<th>{escape(n)}</th>" for n in nets)
+        body = []
+        for _, r in ov.iterrows():
+            cells = [overview_cell(r[n]) for n in nets]
+            body.append(f"<tr><td class='l'>{escape(str(r['method']))}</td>" + "".join(
+                f"<td>{'<b>' + escape(t) + '</b>' if top and t else escape(t)}</td>" for t, top in cells) + "</tr>")
+        parts += ["<h3>Overview</h3>",
+                  "<p class='note'>Test accuracy (%) at each method's best T (chosen on validation), mean over seeds. "
+                  "<b>Bold</b>: no other method beats it on that network (no paired 95 % interval excludes zero in "
+                  "another's favour); <i>skipped</i>: the method cannot run that network (reasons below).</p>",
+                  f"<table><tr><th class='l'>method</th>{head}</tr>{''.join(body)}</table>"]
     for (dataset, arch), g in mt.groupby(["dataset", "arch"], sort=True):
         g = g.sort_values("acc_best", ascending=False)
         g = g.assign(energy_nj=g["energy_pj"] / 1e3,

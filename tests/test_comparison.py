@@ -292,3 +292,33 @@ def test_best_T_is_chosen_on_validation_and_the_report_leads_with_the_comparison
     table = page[page.index("id='comparison'"):page.index("<details open>")]
     assert '<td class="l">alpha</td><td class="">3</td><td class="">70.00 ± 0.00</td><td class="">72.00 ± 0.00</td>' \
         '<td class="l">16</td>' in table  # each method's row holds its own best T
+
+
+def test_overview_marks_the_methods_no_other_method_beats(tmp_path):
+    from suite.reports.comparison import markdown, overview_table
+    from suite.reports.html import render
+
+    def rows(rule, arch, seed, acc):
+        return [{"rule": rule, "dataset": "d", "arch": arch, "backend": "fused", "seed": seed, "T": T, "status": "ok",
+                 "accuracy": acc, "val_accuracy": acc, "synops": 1.0, "macs": 0.0, "energy_pj": 1.0,
+                 "train_time_s": 1.0, "epochs": 1, "cell_id": f"{rule}{arch}{seed}"} for T in (4, 8)]
+
+    for s in (0, 1, 2):
+        # net "a": zeta beats alpha by 10 points on every seed; net "b": the two differ by +-1 point (not separated)
+        write_cell(tmp_path, f"za{s}", rows("zeta", "a", s, 0.90 + s / 1000))
+        write_cell(tmp_path, f"aa{s}", rows("alpha", "a", s, 0.80))
+        write_cell(tmp_path, f"zb{s}", rows("zeta", "b", s, 0.70 + (0.01 if s else -0.01)))
+        write_cell(tmp_path, f"ab{s}", rows("alpha", "b", s, 0.70))
+        write_cell(tmp_path, f"k{s}", [{"rule": "kappa", "dataset": "d", "arch": "b", "backend": "fused", "seed": s,
+                                        "T": 4, "status": "skipped", "error": "no conv form", "cell_id": f"k{s}"}])
+    df = read_frame(tmp_path)
+    ov = overview_table(df).set_index("method")
+    assert list(ov.index) == ["zeta", "alpha", "kappa"]            # by mean accuracy over the networks run
+    assert ov.loc["zeta", "d / a"]["unbeaten"] and not ov.loc["alpha", "d / a"]["unbeaten"]
+    assert ov.loc["zeta", "d / b"]["unbeaten"] and ov.loc["alpha", "d / b"]["unbeaten"]
+    assert ov.loc["kappa", "d / b"] == {"skipped": "no conv form"}
+    text = markdown(df)
+    assert "| zeta | **90.10 (T=4)** | **70.33 (T=4)** |" in text
+    assert "| alpha | 80.00 (T=4) | **70.00 (T=4)** |" in text and "| kappa |  | skipped |" in text
+    page = render(df, [str(tmp_path)], [])
+    assert "<td class='l'>alpha</td><td>80.00 (T=4)</td><td><b>70.00 (T=4)</b></td>" in page
