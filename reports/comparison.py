@@ -171,11 +171,12 @@ def _qty(v) -> str:
     return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:g}"
 
 
-def markdown(df: pd.DataFrame) -> str:
-    """The comparison as Markdown tables (what README quotes), one block per dataset and network."""
+def markdown(df: pd.DataFrame, overview: bool = True) -> str:
+    """The comparison as Markdown tables (what README quotes), one block per dataset and network,
+    after the overview across them (where there are several and ``overview``)."""
     mt, pt, sk = method_table(df), paired_table(df), skipped(df)
     lines = []
-    ov = overview_table(df)
+    ov = overview_table(df) if overview else pd.DataFrame()
     if len(ov.columns) > 3:  # more than one network: the overview first
         nets = [c for c in ov.columns if c not in ("method", "mean")]
         lines += ["**Overview** (test accuracy %, mean over seeds, at each method's best T chosen on validation; "
