@@ -205,7 +205,8 @@ def markdown(df: pd.DataFrame, overview: bool = True) -> str:
         if len(p):
             lines += ["", f"Paired differences at best T ({len(shown)} of {len(p)} pairs with an interval that "
                           "excludes zero):" if len(shown) else
-                      f"Paired differences at best T: none of the {len(p)} pairs has an interval that excludes zero."]
+                      ("Paired differences at best T: the one pair's interval includes zero." if len(p) == 1 else
+                       f"Paired differences at best T: none of the {len(p)} pairs has an interval that excludes zero.")]
             for _, r in shown.iterrows():
                 lines.append(f"- {r['verdict']}: {100 * abs(r['diff']):.2f} points "
                              f"(95 % CI {100 * abs(r['diff']) - 100 * r['ci95']:.2f} to "
