@@ -112,15 +112,14 @@ def unbeaten(pt: pd.DataFrame) -> set:
     return beaten
 
 
-def overview_table(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per method, one column group per ``dataset / arch``: test accuracy at the method's best
-    T (mean over seeds), that T, and whether the method is unbeaten on that network (see :func:`unbeaten`);
-    methods ordered by their mean accuracy over the networks they ran."""
-    mt, pt = method_table(df), paired_table(df)
+def overview_table(mt: pd.DataFrame, pt: pd.DataFrame, sk: pd.DataFrame) -> pd.DataFrame:
+    """From :func:`method_table`, :func:`paired_table` and :func:`skipped`: one row per method, one
+    column per ``dataset / arch`` with the test accuracy at the method's best T (mean over seeds),
+    that T, and whether the method is unbeaten on that network (see :func:`unbeaten`); methods
+    ordered by their mean accuracy over the networks they ran."""
     if mt.empty:
         return mt
     beaten = unbeaten(pt) if len(pt) else set()
-    sk = skipped(df)
     out = {}
     for _, r in mt.iterrows():
         net = f"{r['dataset']} / {r['arch']}"
@@ -176,7 +175,7 @@ def markdown(df: pd.DataFrame, overview: bool = True) -> str:
     after the overview across them (where there are several and ``overview``)."""
     mt, pt, sk = method_table(df), paired_table(df), skipped(df)
     lines = []
-    ov = overview_table(df) if overview else pd.DataFrame()
+    ov = overview_table(mt, pt, sk) if overview else pd.DataFrame()
     if len(ov.columns) > 3:  # more than one network: the overview first
         nets = [c for c in ov.columns if c not in ("method", "mean")]
         lines += ["**Overview** (test accuracy %, mean over seeds, at each method's best T chosen on validation; "

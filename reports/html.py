@@ -404,7 +404,7 @@ def _comparison(df: pd.DataFrame) -> list[str]:
              "accuracy; the test set is read once per run, at the end). SynOps, energy and training time at the "
              "best T. Paired differences compare two methods seed by seed, each at its best T; a winner is named "
              "only where the 95 % interval of the difference excludes zero.</p>"]
-    ov = overview_table(df)
+    ov = overview_table(mt, pt, sk)
     nets = [c for c in ov.columns if c not in ("method", "mean")]
     if len(nets) > 1:  # several networks: one line per method across them first
         head = "".join(f"<th>{escape(n)}</th>" for n in nets)

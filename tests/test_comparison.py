@@ -295,7 +295,7 @@ def test_best_T_is_chosen_on_validation_and_the_report_leads_with_the_comparison
 
 
 def test_overview_marks_the_methods_no_other_method_beats(tmp_path):
-    from suite.reports.comparison import markdown, overview_table
+    from suite.reports.comparison import markdown, method_table, overview_table, paired_table, skipped
     from suite.reports.html import render
 
     def rows(rule, arch, seed, acc):
@@ -312,7 +312,7 @@ def test_overview_marks_the_methods_no_other_method_beats(tmp_path):
         write_cell(tmp_path, f"k{s}", [{"rule": "kappa", "dataset": "d", "arch": "b", "backend": "fused", "seed": s,
                                         "T": 4, "status": "skipped", "error": "no conv form", "cell_id": f"k{s}"}])
     df = read_frame(tmp_path)
-    ov = overview_table(df).set_index("method")
+    ov = overview_table(method_table(df), paired_table(df), skipped(df)).set_index("method")
     assert list(ov.index) == ["zeta", "alpha", "kappa"]            # by mean accuracy over the networks run
     assert ov.loc["zeta", "d / a"]["unbeaten"] and not ov.loc["alpha", "d / a"]["unbeaten"]
     assert ov.loc["zeta", "d / b"]["unbeaten"] and ov.loc["alpha", "d / b"]["unbeaten"]
