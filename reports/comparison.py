@@ -27,13 +27,30 @@ def method_label(rule: str, backend: str, several_backends: bool) -> str:
     return f"{rule} [{backend}]" if several_backends else str(rule)
 
 
-def _methods(df: pd.DataFrame):
-    """Yield ``(dataset, arch, label, rows)`` for the ok rows of each method."""
+def _hp_variants(g: pd.DataFrame):
+    """Split one rule's rows by the hyper-parameters that differ between them (e.g. two surrogate
+    widths read from two folders): ``(suffix, rows)`` per variant, suffix ``""`` where all agree."""
+    if "hp" not in g:
+        return [("", g)]
+    hps = [h if isinstance(h, dict) else {} for h in g["hp"]]
+    keys = sorted({k for h in hps for k in h})
+    differ = [k for k in keys if len({repr(h.get(k)) for h in hps}) > 1]
+    if not differ:
+        return [("", g)]
+    tags = [", ".join(f"{k}={h.get(k)}" for k in differ) for h in hps]
+    return [(f" ({tag})", g[[t == tag for t in tags]]) for tag in sorted(set(tags))]
+
+
+def methods(df: pd.DataFrame):
+    """Yield ``(dataset, arch, label, rows)`` for the ok rows of each method: a rule on a backend,
+    split further where its rows differ in a hyper-parameter (the label then names it)."""
     ok = df[df["status"] == "ok"]
     for (dataset, arch), grp in ok.groupby(["dataset", "arch"], sort=True):
         for (rule, backend), g in grp.groupby(["rule", "backend"], sort=True):
             # the backend is named only where the rule ran on several
-            yield dataset, arch, method_label(rule, backend, grp[grp["rule"] == rule]["backend"].nunique() > 1), g
+            label = method_label(rule, backend, grp[grp["rule"] == rule]["backend"].nunique() > 1)
+            for suffix, rows in _hp_variants(g):
+                yield dataset, arch, label + suffix, rows
 
 
 def best_T(g: pd.DataFrame):
@@ -57,7 +74,7 @@ def _at(g: pd.DataFrame, T) -> pd.DataFrame:
 def method_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (dataset, arch, method); accuracies in [0, 1]."""
     out = []
-    for dataset, arch, label, g in _methods(df):
+    for dataset, arch, label, g in methods(df):
         bt = best_T(g)
         row = {"dataset": dataset, "arch": arch, "method": label, "seeds": int(g["seed"].nunique()),
                "best_T": bt}
@@ -82,7 +99,7 @@ def method_table(df: pd.DataFrame) -> pd.DataFrame:
 def paired_table(df: pd.DataFrame) -> pd.DataFrame:
     """Every pair of methods on the same (dataset, arch), each at its own best T, paired by seed."""
     per = {}
-    for dataset, arch, label, g in _methods(df):
+    for dataset, arch, label, g in methods(df):
         bt = best_T(g)
         if isinstance(bt, float) and math.isnan(bt):
             continue
@@ -90,8 +107,8 @@ def paired_table(df: pd.DataFrame) -> pd.DataFrame:
         per.setdefault((dataset, arch), []).append(
             (label, bt, dict(zip(at["seed"].astype(int), _num(at["accuracy"])))))
     out = []
-    for (dataset, arch), methods in per.items():
-        for (a, ta, acc_a), (b, tb, acc_b) in itertools.combinations(methods, 2):
+    for (dataset, arch), ms in per.items():
+        for (a, ta, acc_a), (b, tb, acc_b) in itertools.combinations(ms, 2):
             d = paired_difference(acc_a, acc_b)
             verdict = {"A > B": f"{a} > {b}", "A < B": f"{b} > {a}"}.get(d["verdict"], d["verdict"])
             out.append({"dataset": dataset, "arch": arch, "A": a, "T_A": ta, "B": b, "T_B": tb, "seeds": d["n"],
@@ -214,4 +231,110 @@ def markdown(df: pd.DataFrame, overview: bool = True) -> str:
         for _, r in s.iterrows():
             lines.append(f"- {r['rule']}: skipped ({r['reason']})")
         lines.append("")
+    return "\n".join(lines)
+
+
+def _arch_specs(df: pd.DataFrame) -> dict:
+    """``arch -> extra.arch_spec`` for the rows whose spec has a depth (the resnet family)."""
+    out = {}
+    for arch, e in zip(df["arch"], df["extra"] if "extra" in df else [None] * len(df)):
+        spec = e.get("arch_spec") if isinstance(e, dict) else None
+        if isinstance(spec, dict) and spec.get("depth"):
+            out[arch] = spec
+    return out
+
+
+def depth_table(df: pd.DataFrame) -> pd.DataFrame:
+    """:func:`method_table` of the rows on depth-family networks, with each network's ``depth``,
+    ``residual`` and ``batch_norm`` and the first/last weight-gradient norm ratio of the first
+    epoch (``grad_ratio``, geometric mean over seeds; > 1: gradients grow towards the input)."""
+    ok = df[df["status"] == "ok"]
+    specs = _arch_specs(ok)
+    deep = ok[ok["arch"].isin(specs)]
+    if deep.empty:
+        return pd.DataFrame()
+    mt = method_table(deep)
+    ratios = {}
+    for dataset, arch, method, g in methods(deep):
+        first = []
+        for e in g.drop_duplicates("cell_id")["extra"]:
+            h = e.get("history") if isinstance(e, dict) else None
+            v = (h or [{}])[0].get("grad_norm_ratio")
+            if isinstance(v, (int, float)) and v > 0 and math.isfinite(v):
+                first.append(v)
+        ratios[(dataset, arch, method)] = math.exp(sum(map(math.log, first)) / len(first)) if first else math.nan
+    mt["depth"] = [int(specs[a]["depth"]) for a in mt["arch"]]
+    mt["width"] = [specs[a].get("width") for a in mt["arch"]]
+    mt["residual"] = [bool(specs[a].get("residual")) for a in mt["arch"]]
+    mt["batch_norm"] = [bool(specs[a].get("batch_norm", True)) for a in mt["arch"]]
+    mt["grad_ratio"] = [ratios.get(k, math.nan) for k in zip(mt["dataset"], mt["arch"], mt["method"])]
+    return mt
+
+
+def residual_pairs(df: pd.DataFrame) -> pd.DataFrame:
+    """Residual minus plain twin of the same depth, width and BN, per dataset and method, each
+    at its own best T (chosen on validation), paired by seed (:func:`suite.stats.paired_difference`)."""
+    ok = df[df["status"] == "ok"]
+    specs = _arch_specs(ok)
+    per = {}
+    for dataset, arch, method, g in methods(ok[ok["arch"].isin(specs)]):
+        bt = best_T(g)
+        if isinstance(bt, float) and math.isnan(bt):
+            continue
+        at = _at(g, bt)
+        s = specs[arch]
+        key = (dataset, method, int(s["depth"]), s.get("width"), bool(s.get("batch_norm", True)))
+        per.setdefault(key, {})[bool(s.get("residual"))] = (arch, dict(zip(at["seed"].astype(int), _num(at["accuracy"]))))
+    out = []
+    for (dataset, method, depth, width, bn), twins in sorted(per.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2],
+                                                                                       str(kv[0][3]), not kv[0][4])):
+        if True in twins and False in twins:
+            d = paired_difference(twins[True][1], twins[False][1])
+            out.append({"dataset": dataset, "method": method, "depth": depth, "batch_norm": bn,
+                        "residual": twins[True][0], "plain": twins[False][0], "seeds": d["n"], "diff": d["mean"],
+                        "ci95": d["ci95"], "verdict": {"A > B": "residual > plain", "A < B": "plain > residual"}
+                        .get(d["verdict"], d["verdict"])})
+    return pd.DataFrame(out)
+
+
+def depth_markdown(df: pd.DataFrame) -> str:
+    """The depth experiment as Markdown: per dataset, test accuracy at best T against depth for
+    every method and kind of network, then residual minus plain paired by seed."""
+    dt, rp = depth_table(df), residual_pairs(df)
+    if dt.empty:
+        return "(no rows on depth-family networks)"
+    lines = []
+    for dataset, g in dt.groupby("dataset", sort=True):
+        depths = sorted(g["depth"].unique())
+        n = int(g["seeds"].max())
+        lines += [f"**{dataset}: accuracy against depth** (test accuracy %, mean ± 95 % CI over {n} seeds, at each "
+                  "method's best T chosen on validation; grad ratio: first/last weight-gradient norm, first epoch)", "",
+                  "| method | network | " + " | ".join(f"depth {d}" for d in depths) + " | grad ratio by depth |",
+                  "|---|---|" + "---|" * (len(depths) + 1)]
+        for (method, res, bn), h in g.groupby(["method", "residual", "batch_norm"], sort=True):
+            by = {int(r["depth"]): r for _, r in h.iterrows()}
+            cells = [_pct(by[d]["acc_best"], by[d]["acc_best_ci"]) if d in by else "" for d in depths]
+            ratios = " / ".join(f"{by[d]['grad_ratio']:.2g}" if d in by and by[d]["grad_ratio"] == by[d]["grad_ratio"]
+                                else "—" for d in depths)
+            net = ("ResNet" if res else "plain") + ("" if bn else ", no BN")
+            lines.append(f"| {method} | {net} | " + " | ".join(cells) + f" | {ratios} |")
+        lines.append("")
+        p = rp[rp["dataset"] == dataset] if len(rp) else rp
+        if len(p):
+            lines += ["Residual minus plain twin (points, paired by seed, 95 % CI):", ""]
+            for _, r in p.iterrows():
+                lines.append(f"- {r['method']}, depth {r['depth']}{'' if r['batch_norm'] else ', no BN'}: "
+                             f"{100 * r['diff']:+.2f} ({100 * (r['diff'] - r['ci95']):+.2f} to "
+                             f"{100 * (r['diff'] + r['ci95']):+.2f}, {r['seeds']} seeds) -- {r['verdict']}")
+            lines.append("")
+        # one rule at two settings (e.g. two surrogate widths) on the same network, paired by seed
+        pt = paired_table(df[(df["dataset"] == dataset) & df["arch"].isin(set(g["arch"]))])
+        same = pt[[a.split(" (")[0] == b.split(" (")[0] for a, b in zip(pt["A"], pt["B"])]] if len(pt) else pt
+        if len(same):
+            lines += [f"{same.iloc[0]['A']} minus {same.iloc[0]['B']} (points, paired by seed, 95 % CI):", ""]
+            order = {a: i for i, a in enumerate(g.sort_values(["depth", "residual", "batch_norm"], ascending=[True, False, False])["arch"])}
+            for _, r in same.sort_values("arch", key=lambda s: s.map(order)).iterrows():
+                lines.append(f"- {r['arch']}: {100 * r['diff']:+.2f} ({100 * (r['diff'] - r['ci95']):+.2f} to "
+                             f"{100 * (r['diff'] + r['ci95']):+.2f}, {r['seeds']} seeds) -- {r['verdict']}")
+            lines.append("")
     return "\n".join(lines)

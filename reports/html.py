@@ -210,32 +210,18 @@ def _accuracy_vs_T(summ: pd.DataFrame) -> list[str]:
     return parts
 
 
-def _network_label(spec: dict) -> str:
-    return (f"{'ResNet' if spec.get('residual') else 'plain'} w{spec.get('width')}"
-            + ("" if spec.get("batch_norm", True) else ", no BN"))
-
-
 def _accuracy_vs_depth(df: pd.DataFrame) -> list[str]:
     """Test accuracy at each method's best T (chosen on validation) against network depth, for rows
     whose ``extra.arch_spec`` has a depth (the resnet family); one chart per dataset and method,
-    one line per kind of network. Empty where no row has a depth."""
-    from suite.reports.comparison import method_table
+    one line per kind of network, then residual minus plain paired by seed. Empty where no row has
+    a depth."""
+    from suite.reports.comparison import depth_table, residual_pairs
 
-    ok = df[df["status"] == "ok"]
-    specs = {r["arch"]: _extra(r, "arch_spec") for _, r in ok.iterrows() if (_extra(r, "arch_spec") or {}).get("depth")}
-    if not specs:
+    mt = depth_table(df)
+    if mt.empty:
         return []
-    deep = ok[ok["arch"].isin(specs)]
-    mt = method_table(deep)
-    mt["depth"] = [int(specs[a]["depth"]) for a in mt["arch"]]
-    mt["network"] = [_network_label(specs[a]) for a in mt["arch"]]
-    ratios = {}
-    for (dataset, arch, rule), g in deep.drop_duplicates("cell_id").groupby(["dataset", "arch", "rule"]):
-        first = [(_extra(r, "history") or [{}])[0].get("grad_norm_ratio") for _, r in g.iterrows()]
-        first = [v for v in first if isinstance(v, (int, float)) and v > 0 and math.isfinite(v)]
-        ratios[(dataset, arch, rule)] = math.exp(sum(map(math.log, first)) / len(first)) if first else math.nan
-    mt["grad_ratio"] = [ratios.get((d, a, m.split(" [")[0]), math.nan) for d, a, m in
-                        zip(mt["dataset"], mt["arch"], mt["method"])]
+    mt["network"] = [f"{'ResNet' if r else 'plain'} w{w}" + ("" if bn else ", no BN")
+                     for r, w, bn in zip(mt["residual"], mt["width"], mt["batch_norm"])]
     parts = ["<h2 id='depth'>Accuracy against depth</h2>",
              "<p class='note'>Networks of the resnet family (residual and plain twins, with and without BN): "
              "test accuracy at each method's best T (chosen on validation; the CNN has none), mean over seeds "
@@ -256,6 +242,14 @@ def _accuracy_vs_depth(df: pd.DataFrame) -> list[str]:
                         {"best_T": lambda v: f"{int(v)}", "grad_ratio": lambda v: f"{v:.3g}"},
                         {"best_T": "best T", "acc": "test accuracy (%)", "grad_ratio": "grad ratio"},
                         cell_fmt={"acc": _pm("acc_best", "acc_best_ci", 100.0)}))
+    rp = residual_pairs(df)
+    if len(rp):
+        parts.append("<p class='note'>Residual minus plain twin of the same depth, width and BN, each at its own "
+                     "best T, paired by seed (points, 95 % CI); a verdict only where the interval excludes zero.</p>")
+        parts.append(_table(rp.assign(d=100 * rp["diff"], lo=100 * (rp["diff"] - rp["ci95"]), hi=100 * (rp["diff"] + rp["ci95"])),
+                            ["dataset", "method", "depth", "batch_norm", "residual", "plain", "seeds", "d", "lo", "hi", "verdict"],
+                            {"d": lambda v: f"{v:+.2f}", "lo": lambda v: f"{v:+.2f}", "hi": lambda v: f"{v:+.2f}"},
+                            {"batch_norm": "BN", "d": "difference", "lo": "CI low", "hi": "CI high"}))
     return parts
 
 

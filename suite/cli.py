@@ -173,9 +173,10 @@ def cmd_results(args, host) -> int:
     from suite.results import COLUMNS
 
     df = read_nonempty(args.dirs)
-    if args.compare:
-        from suite.reports.comparison import markdown
-        print(markdown(df) if len(df) else "(no rows)")
+    if args.compare or args.depth:
+        from suite.reports.comparison import depth_markdown, markdown
+        print(((markdown(df) if args.compare else "") + ("\n" if args.compare and args.depth else "")
+               + (depth_markdown(df) if args.depth else "")) if len(df) else "(no rows)")
         return 0
     if args.csv:
         cols = [c for c in COLUMNS if c not in ("hp", "extra")] if not args.all else list(df.columns)
@@ -325,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--compare", action="store_true",
                     help="the head-to-head tables as Markdown: accuracy at T=4, T=16 and best T (chosen on "
                          "validation) with 95 %% CI, SynOps, energy, training time, paired differences")
+    rs.add_argument("--depth", action="store_true",
+                    help="the depth experiment as Markdown: accuracy against depth per method and network kind "
+                         "(resnet family rows), gradient-norm ratios, residual minus plain paired by seed")
     rs.set_defaults(func=cmd_results)
 
     rp = sub.add_parser("report", help="write the self-contained HTML comparison report")

@@ -322,3 +322,27 @@ def test_overview_marks_the_methods_no_other_method_beats(tmp_path):
     assert "| alpha | 80.00 (T=4) | **70.00 (T=4)** |" in text and "| kappa |  | skipped |" in text
     page = render(df, [str(tmp_path)], [])
     assert "<td class='l'>alpha</td><td>80.00 (T=4)</td><td><b>70.00 (T=4)</b></td>" in page
+
+
+def test_rows_of_one_rule_that_differ_in_a_hyper_parameter_are_two_methods(tmp_path):
+    """Two surrogate widths run from two matrix files and read together: two methods, each
+    named by the hyper-parameter that tells them apart, paired against each other."""
+    from suite.reports.comparison import method_table, paired_table
+
+    def rows(alpha, seed, acc):
+        return [{"rule": "zeta", "dataset": "d", "arch": "a", "backend": "fused", "seed": seed, "T": 4, "status": "ok",
+                 "accuracy": acc, "val_accuracy": acc, "synops": 1.0, "macs": 0.0, "energy_pj": 1.0,
+                 "train_time_s": 1.0, "epochs": 1, "cell_id": f"z{alpha}{seed}",
+                 "hp": {"alpha": alpha, "lr": 0.01, "T": 4}}]
+
+    for s in (0, 1, 2):
+        write_cell(tmp_path / "wide", f"w{s}", rows(1.0, s, 0.60 + s / 100))
+        write_cell(tmp_path / "narrow", f"n{s}", rows(10.0, s, 0.80 + s / 100))
+    df = read_frame(tmp_path / "wide", tmp_path / "narrow")
+    mt = method_table(df).set_index("method")
+    assert sorted(mt.index) == ["zeta (alpha=1.0)", "zeta (alpha=10.0)"]
+    assert mt.loc["zeta (alpha=10.0)", "acc_best"] == pytest.approx(0.81)
+    (pair,) = paired_table(df).to_dict("records")
+    assert pair["verdict"] == "zeta (alpha=10.0) > zeta (alpha=1.0)" and pair["diff"] == pytest.approx(-0.2)
+    one = method_table(read_frame(tmp_path / "wide"))
+    assert list(one["method"]) == ["zeta"]                          # one width: the plain rule name

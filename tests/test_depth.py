@@ -237,16 +237,50 @@ def test_depth_matrices_parse_and_cover_the_experiment(host):
     from suite.matrix import load_matrix
 
     root = Path(__file__).resolve().parents[1] / "benchmarks" / "comparison"
-    main, alpha10 = load_matrix(root / "depth.toml", host), load_matrix(root / "depth-alpha10.toml", host)
-    for m in (main, alpha10):
-        assert m.select == "best_val" and m.seeds == (0, 1, 2)
-        assert {e.dataset for e in m.entries} == {"fashion_mnist", "nmnist"}
-        specs = {host.arch(e.arch) for e in m.entries}
-        assert {(a.depth, a.residual, a.batch_norm) for a in specs} == {
-            (d, r, bn) for d in (8, 14, 20) for r in (True, False) for bn in (True, False)}
-    assert {e.rule for e in main.entries} == {"surrogate_bptt_bn", "cnn", "ann2snn"} and main.tune["trials"] > 0
-    alphas = {dict(e.options)["alpha"] for m in (main, alpha10) for e in m.entries if e.rule == "surrogate_bptt_bn"}
-    assert alphas == {1.0, 10.0}
-    # the same networks for every method of the main file
-    nets = {r: {(e.dataset, e.arch) for e in main.entries if e.rule == r} for r in ("surrogate_bptt_bn", "cnn", "ann2snn")}
-    assert nets["surrogate_bptt_bn"] == nets["cnn"] == nets["ann2snn"]
+    for dataset in ("fashion_mnist", "nmnist"):
+        main = load_matrix(root / f"depth-{dataset}.toml", host)
+        alpha10 = load_matrix(root / f"depth-{dataset}-alpha10.toml", host)
+        for m in (main, alpha10):
+            assert m.select == "best_val" and m.seeds == (0, 1, 2)
+            assert {e.dataset for e in m.entries} == {dataset}
+            specs = {host.arch(e.arch) for e in m.entries}
+            assert {(a.depth, a.residual, a.batch_norm) for a in specs} == {
+                (d, r, bn) for d in (8, 14, 20) for r in (True, False) for bn in (True, False)}
+        assert {e.rule for e in main.entries} == {"surrogate_bptt_bn", "cnn", "ann2snn"}
+        assert {e.rule for e in alpha10.entries} == {"surrogate_bptt_bn"}
+        alphas = {dict(e.options)["alpha"] for m in (main, alpha10) for e in m.entries if e.rule == "surrogate_bptt_bn"}
+        assert alphas == {1.0, 10.0}
+        # the two widths differ in alpha only; every other setting of the rule is the same
+        opts = [{k: v for k, v in dict(e.options).items() if k != "alpha"}
+                for m in (main, alpha10) for e in m.entries if e.rule == "surrogate_bptt_bn"]
+        assert all(o == opts[0] for o in opts)
+        # the same networks for every method of the main file
+        nets = {r: {(e.dataset, e.arch) for e in main.entries if e.rule == r} for r in ("surrogate_bptt_bn", "cnn", "ann2snn")}
+        assert nets["surrogate_bptt_bn"] == nets["cnn"] == nets["ann2snn"]
+
+
+def test_depth_tables_pair_each_resnet_with_its_plain_twin_by_seed(tmp_path):
+    from suite.reports.comparison import depth_markdown, depth_table, residual_pairs
+    from suite.results import read_frame, write_cell
+
+    def rows(arch, residual, seed, acc, ratio):
+        spec = {"family": "resnet", "depth": 8, "width": 8, "residual": residual, "batch_norm": True}
+        return [{"rule": "zeta", "dataset": "d", "arch": arch, "backend": "torch", "seed": seed, "T": T, "status": "ok",
+                 "accuracy": acc, "val_accuracy": acc, "synops": 1.0, "macs": 0.0, "energy_pj": 1.0,
+                 "train_time_s": 1.0, "epochs": 1, "cell_id": f"{arch}{seed}",
+                 "extra": {"arch_spec": spec, "history": [{"epoch": 1, "grad_norm_ratio": ratio}]}} for T in (2, 4)]
+
+    for s, (r, p) in enumerate([(0.80, 0.70), (0.82, 0.71), (0.84, 0.75)]):
+        write_cell(tmp_path, f"r{s}", rows("res8", True, s, r, 2.0 ** (s + 1)))
+        write_cell(tmp_path, f"p{s}", rows("plain8", False, s, p, 1.0))
+    df = read_frame(tmp_path)
+    dt = depth_table(df).set_index("arch")
+    assert dt.loc["res8", "depth"] == 8 and dt.loc["res8", "residual"] and not dt.loc["plain8", "residual"]
+    assert dt.loc["res8", "grad_ratio"] == pytest.approx(4.0)          # geometric mean of 2, 4, 8
+    (pair,) = residual_pairs(df).to_dict("records")
+    # differences 0.10, 0.11, 0.09: mean 0.10, sd 0.01, t(0.975, 2) = 4.303
+    assert pair["diff"] == pytest.approx(0.10) and pair["ci95"] == pytest.approx(4.302653 * 0.01 / 3 ** 0.5, rel=1e-5)
+    assert pair["verdict"] == "residual > plain" and (pair["residual"], pair["plain"]) == ("res8", "plain8")
+    text = depth_markdown(df)
+    assert "| zeta | ResNet | 82.00 ± 4.97 | 4 |" in text
+    assert "- zeta, depth 8: +10.00 (+7.52 to +12.48, 3 seeds) -- residual > plain" in text

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The depth experiment (benchmarks/comparison/depth-*.toml) on a lent GPU machine (the device tool),
+# as GPU rows beside the CPU ones. Run from the repo root with Fashion-MNIST and the N-MNIST subset
+# copied to .gpu/data (ignored, carried). Six `snn-suite run`s share the GPU, each into its own
+# folder (per dataset: surrogate_bptt_bn at alpha = 1, at alpha = 10, and the cnn/ann2snn twins);
+# whatever finishes before LIMIT seconds is packed into $OUT/depth-rows.tgz. The device tool carries
+# at most 64 MiB, so the N-MNIST subset may travel as .gpu/nmnist.tar.xz, unpacked here.
+set -u
+export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+DEVICE=${DEVICE:-cuda} LIMIT=${LIMIT:-480} WORK=${WORK:-/tmp/gpu-depth}
+OUT=${OUT:-$WORK/out}
+mkdir -p "$WORK" "$OUT"
+if [ -f .gpu/nmnist.tar.xz ] && [ ! -d .gpu/data/nmnist-subset ]; then tar xJf .gpu/nmnist.tar.xz -C .gpu/data; fi
+if [ "$DEVICE" != cpu ]; then
+  python3 -m pip install -q --no-deps --no-build-isolation -e . >"$WORK/install.log" 2>&1 \
+    || { cat "$WORK/install.log"; exit 1; }
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+fi
+python3 -c "import torch, suite; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'suite', suite.__version__)"
+nproc --all
+start=$(date +%s)
+# name  matrix  rules  jobs
+RUNS="fashion_mnist-a1 depth-fashion_mnist surrogate_bptt_bn ${JF:-4}
+fashion_mnist-a10 depth-fashion_mnist-alpha10 surrogate_bptt_bn ${JF:-4}
+fashion_mnist-twins depth-fashion_mnist cnn,ann2snn ${JT:-2}
+nmnist-a1 depth-nmnist surrogate_bptt_bn ${JN:-2}
+nmnist-a10 depth-nmnist-alpha10 surrogate_bptt_bn ${JN:-2}
+nmnist-twins depth-nmnist cnn,ann2snn 1"
+while read -r name matrix rules jobs; do
+  timeout "$LIMIT" python3 -m suite.cli run --matrix "benchmarks/comparison/$matrix.toml" --rules "$rules" \
+    --device "$DEVICE" --data-root .gpu/data --out "$WORK/$name" --executor processes --jobs "$jobs" --quiet --resume \
+    >"$WORK/$name.log" 2>&1 &
+done <<< "$RUNS"
+wait
+echo "wall $(( $(date +%s) - start )) s"
+names=$(cut -d' ' -f1 <<< "$RUNS")
+for n in $names; do echo "== $n: $(ls "$WORK/$n/cells" 2>/dev/null | wc -l) cells"; tail -n 3 "$WORK/$n.log"; done
+tar czf "$OUT/depth-rows.tgz" -C "$WORK" --exclude=checkpoints $names $(for n in $names; do echo "$n.log"; done) 2>/dev/null
+ls -la "$OUT"
