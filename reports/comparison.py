@@ -110,10 +110,11 @@ def paired_table(df: pd.DataFrame) -> pd.DataFrame:
     for (dataset, arch), ms in per.items():
         for (a, ta, acc_a), (b, tb, acc_b) in itertools.combinations(ms, 2):
             d = paired_difference(acc_a, acc_b)
-            verdict = {"A > B": f"{a} > {b}", "A < B": f"{b} > {a}"}.get(d["verdict"], d["verdict"])
+            winner = {"A > B": a, "A < B": b}.get(d["verdict"])
+            verdict = f"{winner} > {b if winner == a else a}" if winner else d["verdict"]
             out.append({"dataset": dataset, "arch": arch, "A": a, "T_A": ta, "B": b, "T_B": tb, "seeds": d["n"],
                         "diff": d["mean"], "ci95": d["ci95"], "low": d["low"], "high": d["high"],
-                        "verdict": verdict})
+                        "winner": winner, "verdict": verdict})
     return pd.DataFrame(out)
 
 
@@ -122,10 +123,8 @@ def unbeaten(pt: pd.DataFrame) -> set:
     (no paired interval excludes zero in another's favour); methods missing from ``pt`` count too."""
     beaten = set()
     for _, r in pt.iterrows():
-        if r["verdict"] == f"{r['A']} > {r['B']}":
-            beaten.add((r["dataset"], r["arch"], r["B"]))
-        elif r["verdict"] == f"{r['B']} > {r['A']}":
-            beaten.add((r["dataset"], r["arch"], r["A"]))
+        if isinstance(r["winner"], str):
+            beaten.add((r["dataset"], r["arch"], r["B"] if r["winner"] == r["A"] else r["A"]))
     return beaten
 
 

@@ -327,7 +327,7 @@ def test_overview_marks_the_methods_no_other_method_beats(tmp_path):
 def test_rows_of_one_rule_that_differ_in_a_hyper_parameter_are_two_methods(tmp_path):
     """Two surrogate widths run from two matrix files and read together: two methods, each
     named by the hyper-parameter that tells them apart, paired against each other."""
-    from suite.reports.comparison import method_table, paired_table
+    from suite.reports.comparison import method_table, paired_table, unbeaten
 
     def rows(alpha, seed, acc):
         return [{"rule": "zeta", "dataset": "d", "arch": "a", "backend": "fused", "seed": seed, "T": 4, "status": "ok",
@@ -344,5 +344,6 @@ def test_rows_of_one_rule_that_differ_in_a_hyper_parameter_are_two_methods(tmp_p
     assert mt.loc["zeta (alpha=10.0)", "acc_best"] == pytest.approx(0.81)
     (pair,) = paired_table(df).to_dict("records")
     assert pair["verdict"] == "zeta (alpha=10.0) > zeta (alpha=1.0)" and pair["diff"] == pytest.approx(-0.2)
+    assert pair["winner"] == "zeta (alpha=10.0)" and unbeaten(paired_table(df)) == {("d", "a", "zeta (alpha=1.0)")}
     one = method_table(read_frame(tmp_path / "wide"))
     assert list(one["method"]) == ["zeta"]                          # one width: the plain rule name
