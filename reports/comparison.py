@@ -33,11 +33,12 @@ def _hp_variants(g: pd.DataFrame):
     if "hp" not in g:
         return [("", g)]
     hps = [h if isinstance(h, dict) else {} for h in g["hp"]]
-    keys = sorted({k for h in hps for k in h})
-    differ = [k for k in keys if len({repr(h.get(k)) for h in hps}) > 1]
+    # keys every row has: a key that only newer rows record (a rule that gained an option) splits nothing
+    keys = sorted(set.intersection(*(set(h) for h in hps))) if hps else []
+    differ = [k for k in keys if len({repr(h[k]) for h in hps}) > 1]
     if not differ:
         return [("", g)]
-    tags = [", ".join(f"{k}={h.get(k)}" for k in differ) for h in hps]
+    tags = [", ".join(f"{k}={h[k]}" for k in differ) for h in hps]
     return [(f" ({tag})", g[[t == tag for t in tags]]) for tag in sorted(set(tags))]
 
 
