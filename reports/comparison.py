@@ -27,30 +27,41 @@ def method_label(rule: str, backend: str, several_backends: bool) -> str:
     return f"{rule} [{backend}]" if several_backends else str(rule)
 
 
-def _hp_variants(g: pd.DataFrame):
-    """Split one rule's rows by the hyper-parameters that differ between them (e.g. two surrogate
-    widths read from two folders): ``(suffix, rows)`` per variant, suffix ``""`` where all agree."""
-    if "hp" not in g:
+def _hps(g: pd.DataFrame) -> list[dict]:
+    return [h if isinstance(h, dict) else {} for h in g["hp"]] if "hp" in g else [{} for _ in range(len(g))]
+
+
+def _differing_hps(g: pd.DataFrame) -> set:
+    """The hyper-parameters that differ between rows of one rule on one network. Only keys every row
+    has count: a key that only newer rows record (a rule that gained an option) splits nothing."""
+    hps = _hps(g)
+    keys = set.intersection(*(set(h) for h in hps)) if hps else set()
+    return {k for k in keys if len({repr(h[k]) for h in hps}) > 1}
+
+
+def _hp_variants(g: pd.DataFrame, keys: list):
+    """Split one rule's rows on one network by ``keys``: ``(suffix, rows)`` per variant, suffix ``""``
+    where there are no keys."""
+    if not keys:
         return [("", g)]
-    hps = [h if isinstance(h, dict) else {} for h in g["hp"]]
-    # keys every row has: a key that only newer rows record (a rule that gained an option) splits nothing
-    keys = sorted(set.intersection(*(set(h) for h in hps))) if hps else []
-    differ = [k for k in keys if len({repr(h[k]) for h in hps}) > 1]
-    if not differ:
-        return [("", g)]
-    tags = [", ".join(f"{k}={h[k]}" for k in differ) for h in hps]
+    tags = [", ".join(f"{k}={h.get(k)}" for k in keys) for h in _hps(g)]
     return [(f" ({tag})", g[[t == tag for t in tags]]) for tag in sorted(set(tags))]
 
 
 def methods(df: pd.DataFrame):
     """Yield ``(dataset, arch, label, rows)`` for the ok rows of each method: a rule on a backend,
-    split further where its rows differ in a hyper-parameter (the label then names it)."""
+    split further by the hyper-parameters its rows differ in on some network (e.g. two surrogate
+    widths read from two folders); the label then names them, on every network, so one variant
+    keeps one name even where the other has no rows."""
     ok = df[df["status"] == "ok"]
+    split: dict = {}
+    for (_, _, rule, _), g in ok.groupby(["dataset", "arch", "rule", "backend"], sort=True):
+        split.setdefault(rule, set()).update(_differing_hps(g))
     for (dataset, arch), grp in ok.groupby(["dataset", "arch"], sort=True):
         for (rule, backend), g in grp.groupby(["rule", "backend"], sort=True):
             # the backend is named only where the rule ran on several
             label = method_label(rule, backend, grp[grp["rule"] == rule]["backend"].nunique() > 1)
-            for suffix, rows in _hp_variants(g):
+            for suffix, rows in _hp_variants(g, sorted(split.get(rule, ()))):
                 yield dataset, arch, label + suffix, rows
 
 
@@ -297,6 +308,14 @@ def residual_pairs(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _pair_pp(r) -> str:
+    """A paired difference in points with its interval, e.g. ``+10.00 (+7.52 to +12.48, 3 seeds)``."""
+    if not r["seeds"] >= 2:
+        return f"{100 * r['diff']:+.2f} ({r['seeds']} seed, no interval)"
+    return (f"{100 * r['diff']:+.2f} ({100 * (r['diff'] - r['ci95']):+.2f} to "
+            f"{100 * (r['diff'] + r['ci95']):+.2f}, {r['seeds']} seeds)")
+
+
 def depth_markdown(df: pd.DataFrame) -> str:
     """The depth experiment as Markdown: per dataset, test accuracy at best T against depth for
     every method and kind of network, then residual minus plain paired by seed."""
@@ -307,13 +326,16 @@ def depth_markdown(df: pd.DataFrame) -> str:
     for dataset, g in dt.groupby("dataset", sort=True):
         depths = sorted(g["depth"].unique())
         n = int(g["seeds"].max())
-        lines += [f"**{dataset}: accuracy against depth** (test accuracy %, mean ± 95 % CI over {n} seeds, at each "
+        lines += [f"**{dataset}: accuracy against depth** (test accuracy %, mean ± 95 % CI over {n} seeds unless "
+                  "marked, at each "
                   "method's best T chosen on validation; grad ratio: first/last weight-gradient norm, first epoch)", "",
                   "| method | network | " + " | ".join(f"depth {d}" for d in depths) + " | grad ratio by depth |",
                   "|---|---|" + "---|" * (len(depths) + 1)]
         for (method, res, bn), h in g.groupby(["method", "residual", "batch_norm"], sort=True):
             by = {int(r["depth"]): r for _, r in h.iterrows()}
-            cells = [_pct(by[d]["acc_best"], by[d]["acc_best_ci"]) if d in by else "" for d in depths]
+            cells = [(_pct(by[d]["acc_best"], by[d]["acc_best_ci"])
+                      + (f" ({by[d]['seeds']} seed{'s' if by[d]['seeds'] > 1 else ''})" if by[d]["seeds"] < n else ""))
+                     if d in by else "" for d in depths]
             ratios = " / ".join(f"{by[d]['grad_ratio']:.2g}" if d in by and by[d]["grad_ratio"] == by[d]["grad_ratio"]
                                 else "—" for d in depths)
             net = ("ResNet" if res else "plain") + ("" if bn else ", no BN")
@@ -324,8 +346,7 @@ def depth_markdown(df: pd.DataFrame) -> str:
             lines += ["Residual minus plain twin (points, paired by seed, 95 % CI):", ""]
             for _, r in p.iterrows():
                 lines.append(f"- {r['method']}, depth {r['depth']}{'' if r['batch_norm'] else ', no BN'}: "
-                             f"{100 * r['diff']:+.2f} ({100 * (r['diff'] - r['ci95']):+.2f} to "
-                             f"{100 * (r['diff'] + r['ci95']):+.2f}, {r['seeds']} seeds) -- {r['verdict']}")
+                             f"{_pair_pp(r)} -- {r['verdict']}")
             lines.append("")
         # one rule at two settings (e.g. two surrogate widths) on the same network, paired by seed
         pt = paired_table(df[(df["dataset"] == dataset) & df["arch"].isin(set(g["arch"]))])
@@ -334,7 +355,6 @@ def depth_markdown(df: pd.DataFrame) -> str:
             lines += [f"{same.iloc[0]['A']} minus {same.iloc[0]['B']} (points, paired by seed, 95 % CI):", ""]
             order = {a: i for i, a in enumerate(g.sort_values(["depth", "residual", "batch_norm"], ascending=[True, False, False])["arch"])}
             for _, r in same.sort_values("arch", key=lambda s: s.map(order)).iterrows():
-                lines.append(f"- {r['arch']}: {100 * r['diff']:+.2f} ({100 * (r['diff'] - r['ci95']):+.2f} to "
-                             f"{100 * (r['diff'] + r['ci95']):+.2f}, {r['seeds']} seeds) -- {r['verdict']}")
+                lines.append(f"- {r['arch']}: {_pair_pp(r)} -- {r['verdict']}")
             lines.append("")
     return "\n".join(lines)

@@ -347,6 +347,11 @@ def test_rows_of_one_rule_that_differ_in_a_hyper_parameter_are_two_methods(tmp_p
     assert pair["winner"] == "zeta (alpha=10.0)" and unbeaten(paired_table(df)) == {("d", "a", "zeta (alpha=1.0)")}
     one = method_table(read_frame(tmp_path / "wide"))
     assert list(one["method"]) == ["zeta"]                          # one width: the plain rule name
+    # a network only one width ran on keeps that width's name
+    write_cell(tmp_path / "wide", "b0", [{**rows(1.0, 0, 0.5)[0], "arch": "b", "cell_id": "b0"}])
+    both = method_table(read_frame(tmp_path / "wide", tmp_path / "narrow"))
+    assert both[both["arch"] == "b"]["method"].tolist() == ["zeta (alpha=1.0)"]
+    (tmp_path / "wide" / "cells" / "b0.jsonl").unlink()
     # a key only some rows record (a rule that gained an option between runs) splits nothing
     write_cell(tmp_path / "wide", "w9", [{**rows(1.0, 9, 0.6)[0], "hp": {"alpha": 1.0, "lr": 0.01, "T": 4, "new": 1}}])
     assert list(method_table(read_frame(tmp_path / "wide"))["method"]) == ["zeta"]
