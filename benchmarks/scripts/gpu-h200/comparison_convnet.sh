@@ -8,14 +8,7 @@ export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 DEVICE=${DEVICE:-cuda} JOBS=${JOBS:-6} LIMIT=${LIMIT:-420} WORK=${WORK:-/tmp/gpu-comparison}
 RULES=${RULES:+--rules $RULES}
 OUT=${OUT:-$WORK/out}
-mkdir -p "$WORK" "$OUT"
-if [ "$DEVICE" != cpu ]; then
-  python3 -m pip install -q --no-deps --no-build-isolation -e . >"$WORK/install.log" 2>&1 \
-    || { cat "$WORK/install.log"; exit 1; }
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-fi
-python3 -c "import torch, suite; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'suite', suite.__version__)"
-nproc --all
+source "$(dirname "$0")/setup.sh"
 start=$(date +%s)
 for ds in mnist fashion_mnist; do
   timeout "$LIMIT" python3 -m suite.cli run --matrix "benchmarks/comparison/$ds-tuned.toml" --arch convnet $RULES \

@@ -5,19 +5,14 @@
 # folder (per dataset: surrogate_bptt_bn at alpha = 1, at alpha = 10, and the cnn/ann2snn twins);
 # whatever finishes before LIMIT seconds is packed into $OUT/depth-rows.tgz. The device tool carries
 # at most 64 MiB, so the N-MNIST subset may travel as .gpu/nmnist.tar.xz, unpacked here.
+# The N-MNIST runs need tonic, which the lent machine (2026-12-04) did not have and could not install
+# (no network): they failed there; carry a tonic wheel or run N-MNIST on the CPU.
 set -u
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 DEVICE=${DEVICE:-cuda} LIMIT=${LIMIT:-480} WORK=${WORK:-/tmp/gpu-depth}
 OUT=${OUT:-$WORK/out}
-mkdir -p "$WORK" "$OUT"
-if [ -f .gpu/nmnist.tar.xz ] && [ ! -d .gpu/data/nmnist-subset ]; then tar xJf .gpu/nmnist.tar.xz -C .gpu/data; fi
-if [ "$DEVICE" != cpu ]; then
-  python3 -m pip install -q --no-deps --no-build-isolation -e . >"$WORK/install.log" 2>&1 \
-    || { cat "$WORK/install.log"; exit 1; }
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-fi
-python3 -c "import torch, suite; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'suite', suite.__version__)"
-nproc --all
+source "$(dirname "$0")/setup.sh"
+if [ -f .gpu/nmnist.tar.xz ] && [ ! -d .gpu/data/nmnist-subset ]; then mkdir -p .gpu/data && tar xJf .gpu/nmnist.tar.xz -C .gpu/data; fi
 start=$(date +%s)
 # name  matrix  rules  jobs
 RUNS="fashion_mnist-a1 depth-fashion_mnist surrogate_bptt_bn ${JF:-4}
