@@ -108,25 +108,33 @@ def method_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def _accuracy_by_seed(g: pd.DataFrame):
+    """``(best T, {seed: test accuracy at it})`` of one method's rows, or None where no best T can be
+    claimed (no validation rows): what the paired differences pair."""
+    bt = best_T(g)
+    if isinstance(bt, float) and math.isnan(bt):
+        return None
+    at = _at(g, bt)
+    return bt, dict(zip(at["seed"].astype(int), _num(at["accuracy"])))
+
+
 def paired_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Every pair of methods on the same (dataset, arch), each at its own best T, paired by seed."""
+    """Every pair of methods on the same (dataset, arch), each at its own best T, paired by seed
+    (``rule_A``/``rule_B``: the rules behind the two methods)."""
     per = {}
     for dataset, arch, label, g in methods(df):
-        bt = best_T(g)
-        if isinstance(bt, float) and math.isnan(bt):
-            continue
-        at = _at(g, bt)
-        per.setdefault((dataset, arch), []).append(
-            (label, bt, dict(zip(at["seed"].astype(int), _num(at["accuracy"])))))
+        best = _accuracy_by_seed(g)
+        if best is not None:
+            per.setdefault((dataset, arch), []).append((label, g["rule"].iloc[0], *best))
     out = []
     for (dataset, arch), ms in per.items():
-        for (a, ta, acc_a), (b, tb, acc_b) in itertools.combinations(ms, 2):
+        for (a, ra, ta, acc_a), (b, rb, tb, acc_b) in itertools.combinations(ms, 2):
             d = paired_difference(acc_a, acc_b)
             winner = {"A > B": a, "A < B": b}.get(d["verdict"])
             verdict = f"{winner} > {b if winner == a else a}" if winner else d["verdict"]
-            out.append({"dataset": dataset, "arch": arch, "A": a, "T_A": ta, "B": b, "T_B": tb, "seeds": d["n"],
-                        "diff": d["mean"], "ci95": d["ci95"], "low": d["low"], "high": d["high"],
-                        "winner": winner, "verdict": verdict})
+            out.append({"dataset": dataset, "arch": arch, "A": a, "rule_A": ra, "T_A": ta, "B": b, "rule_B": rb,
+                        "T_B": tb, "seeds": d["n"], "diff": d["mean"], "ci95": d["ci95"], "low": d["low"],
+                        "high": d["high"], "winner": winner, "verdict": verdict})
     return pd.DataFrame(out)
 
 
@@ -289,13 +297,12 @@ def residual_pairs(df: pd.DataFrame) -> pd.DataFrame:
     specs = _arch_specs(ok)
     per = {}
     for dataset, arch, method, g in methods(ok[ok["arch"].isin(specs)]):
-        bt = best_T(g)
-        if isinstance(bt, float) and math.isnan(bt):
+        best = _accuracy_by_seed(g)
+        if best is None:
             continue
-        at = _at(g, bt)
         s = specs[arch]
         key = (dataset, method, int(s["depth"]), s.get("width"), bool(s.get("batch_norm", True)))
-        per.setdefault(key, {})[bool(s.get("residual"))] = (arch, dict(zip(at["seed"].astype(int), _num(at["accuracy"]))))
+        per.setdefault(key, {})[bool(s.get("residual"))] = (arch, best[1])
     out = []
     for (dataset, method, depth, width, bn), twins in sorted(per.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2],
                                                                                        str(kv[0][3]), not kv[0][4])):
@@ -350,11 +357,12 @@ def depth_markdown(df: pd.DataFrame) -> str:
             lines.append("")
         # one rule at two settings (e.g. two surrogate widths) on the same network, paired by seed
         pt = paired_table(df[(df["dataset"] == dataset) & df["arch"].isin(set(g["arch"]))])
-        same = pt[[a.split(" (")[0] == b.split(" (")[0] for a, b in zip(pt["A"], pt["B"])]] if len(pt) else pt
+        same = pt[pt["rule_A"] == pt["rule_B"]] if len(pt) else pt
         if len(same):
-            lines += [f"{same.iloc[0]['A']} minus {same.iloc[0]['B']} (points, paired by seed, 95 % CI):", ""]
+            lines += ["One rule at two settings on the same network, first minus second (points, paired by seed, "
+                      "95 % CI):", ""]
             order = {a: i for i, a in enumerate(g.sort_values(["depth", "residual", "batch_norm"], ascending=[True, False, False])["arch"])}
             for _, r in same.sort_values("arch", key=lambda s: s.map(order)).iterrows():
-                lines.append(f"- {r['arch']}: {_pair_pp(r)} -- {r['verdict']}")
+                lines.append(f"- {r['arch']}, {r['A']} minus {r['B']}: {_pair_pp(r)} -- {r['verdict']}")
             lines.append("")
     return "\n".join(lines)

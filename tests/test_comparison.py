@@ -345,6 +345,7 @@ def test_rows_of_one_rule_that_differ_in_a_hyper_parameter_are_two_methods(tmp_p
     (pair,) = paired_table(df).to_dict("records")
     assert pair["verdict"] == "zeta (alpha=10.0) > zeta (alpha=1.0)" and pair["diff"] == pytest.approx(-0.2)
     assert pair["winner"] == "zeta (alpha=10.0)" and unbeaten(paired_table(df)) == {("d", "a", "zeta (alpha=1.0)")}
+    assert pair["rule_A"] == pair["rule_B"] == "zeta"                 # two settings of one rule
     one = method_table(read_frame(tmp_path / "wide"))
     assert list(one["method"]) == ["zeta"]                          # one width: the plain rule name
     # a network only one width ran on keeps that width's name
