@@ -290,29 +290,63 @@ def depth_table(df: pd.DataFrame) -> pd.DataFrame:
     return mt
 
 
-def residual_pairs(df: pd.DataFrame) -> pd.DataFrame:
-    """Residual minus plain twin of the same depth, width and BN, per dataset and method, each
-    at its own best T (chosen on validation), paired by seed (:func:`suite.stats.paired_difference`)."""
+def _by_network(df: pd.DataFrame) -> dict:
+    """Per (dataset, method, depth, width, batch_norm, residual) of the depth-family rows: the
+    network's name and its test accuracy by seed at the method's best T (chosen on validation)."""
     ok = df[df["status"] == "ok"]
     specs = _arch_specs(ok)
     per = {}
     for dataset, arch, method, g in methods(ok[ok["arch"].isin(specs)]):
         best = _accuracy_by_seed(g)
-        if best is None:
-            continue
-        s = specs[arch]
-        key = (dataset, method, int(s["depth"]), s.get("width"), bool(s.get("batch_norm", True)))
-        per.setdefault(key, {})[bool(s.get("residual"))] = (arch, best[1])
+        if best is not None:
+            s = specs[arch]
+            per[(dataset, method, int(s["depth"]), s.get("width"), bool(s.get("batch_norm", True)),
+                 bool(s.get("residual")))] = (arch, best[1])
+    return per
+
+
+def _pairs(per: dict, pairs, verdicts: dict) -> pd.DataFrame:
+    """Paired differences by seed (:func:`suite.stats.paired_difference`) of ``(row, key_A,
+    key_B)`` from ``pairs``, ``row`` holding the columns that name the pair."""
     out = []
-    for (dataset, method, depth, width, bn), twins in sorted(per.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2],
-                                                                                       str(kv[0][3]), not kv[0][4])):
-        if True in twins and False in twins:
-            d = paired_difference(twins[True][1], twins[False][1])
-            out.append({"dataset": dataset, "method": method, "depth": depth, "batch_norm": bn,
-                        "residual": twins[True][0], "plain": twins[False][0], "seeds": d["n"], "diff": d["mean"],
-                        "ci95": d["ci95"], "verdict": {"A > B": "residual > plain", "A < B": "plain > residual"}
-                        .get(d["verdict"], d["verdict"])})
+    for row, a, b in pairs:
+        d = paired_difference(per[a][1], per[b][1])
+        out.append({**row, "seeds": d["n"], "diff": d["mean"], "ci95": d["ci95"],
+                    "verdict": verdicts.get(d["verdict"], d["verdict"])})
     return pd.DataFrame(out)
+
+
+def _order(key) -> tuple:
+    dataset, method, depth, width, bn, res = key
+    return dataset, method, depth, str(width), not bn, not res
+
+
+def residual_pairs(df: pd.DataFrame) -> pd.DataFrame:
+    """Residual minus plain twin of the same depth, width and BN, per dataset and method, each
+    at its own best T (chosen on validation), paired by seed (:func:`suite.stats.paired_difference`)."""
+    per = _by_network(df)
+    pairs = [({"dataset": k[0], "method": k[1], "depth": k[2], "batch_norm": k[4], "residual": per[k][0],
+               "plain": per[k[:5] + (False,)][0]}, k, k[:5] + (False,))
+             for k in sorted(per, key=_order) if k[5] and k[:5] + (False,) in per]
+    return _pairs(per, pairs, {"A > B": "residual > plain", "A < B": "plain > residual"})
+
+
+def depth_pairs(df: pd.DataFrame) -> pd.DataFrame:
+    """Each deeper network minus the shallowest of its kind (same method, residual or plain,
+    width and BN), per dataset, each at its own best T (chosen on validation), paired by seed:
+    does depth pay?"""
+    per = _by_network(df)
+    shallowest = {}
+    for k in per:
+        kind = (k[0], k[1], k[3], k[4], k[5])
+        shallowest[kind] = min(shallowest.get(kind, k[2]), k[2])
+    pairs = []
+    for k in sorted(per, key=lambda k: (k[0], k[1], not k[5], not k[4], str(k[3]), k[2])):
+        base = (k[0], k[1], shallowest[(k[0], k[1], k[3], k[4], k[5])], k[3], k[4], k[5])
+        if base[2] < k[2]:
+            pairs.append(({"dataset": k[0], "method": k[1], "residual": k[5], "batch_norm": k[4], "deeper": per[k][0],
+                           "shallower": per[base][0], "depth": k[2], "base_depth": base[2]}, k, base))
+    return _pairs(per, pairs, {"A > B": "deeper > shallower", "A < B": "shallower > deeper"})
 
 
 def _pair_pp(r) -> str:
@@ -325,8 +359,9 @@ def _pair_pp(r) -> str:
 
 def depth_markdown(df: pd.DataFrame) -> str:
     """The depth experiment as Markdown: per dataset, test accuracy at best T against depth for
-    every method and kind of network, then residual minus plain paired by seed."""
-    dt, rp = depth_table(df), residual_pairs(df)
+    every method and kind of network, then residual minus plain and deeper minus shallower, paired
+    by seed."""
+    dt, rp, dp = depth_table(df), residual_pairs(df), depth_pairs(df)
     if dt.empty:
         return "(no rows on depth-family networks)"
     lines = []
@@ -353,6 +388,14 @@ def depth_markdown(df: pd.DataFrame) -> str:
             lines += ["Residual minus plain twin (points, paired by seed, 95 % CI):", ""]
             for _, r in p.iterrows():
                 lines.append(f"- {r['method']}, depth {r['depth']}{'' if r['batch_norm'] else ', no BN'}: "
+                             f"{_pair_pp(r)} -- {r['verdict']}")
+            lines.append("")
+        p = dp[dp["dataset"] == dataset] if len(dp) else dp
+        if len(p):
+            lines += ["Deeper minus the shallowest network of its kind (points, paired by seed, 95 % CI):", ""]
+            for _, r in p.iterrows():
+                net = ("ResNet" if r["residual"] else "plain") + ("" if r["batch_norm"] else ", no BN")
+                lines.append(f"- {r['method']}, {net}: depth {r['depth']} minus {r['base_depth']}: "
                              f"{_pair_pp(r)} -- {r['verdict']}")
             lines.append("")
         # one rule at two settings (e.g. two surrogate widths) on the same network, paired by seed

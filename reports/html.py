@@ -213,9 +213,9 @@ def _accuracy_vs_T(summ: pd.DataFrame) -> list[str]:
 def _accuracy_vs_depth(df: pd.DataFrame) -> list[str]:
     """Test accuracy at each method's best T (chosen on validation) against network depth, for rows
     whose ``extra.arch_spec`` has a depth (the resnet family); one chart per dataset and method,
-    one line per kind of network, then residual minus plain paired by seed. Empty where no row has
-    a depth."""
-    from suite.reports.comparison import depth_table, residual_pairs
+    one line per kind of network, then residual minus plain and deeper minus shallower, paired by
+    seed. Empty where no row has a depth."""
+    from suite.reports.comparison import depth_pairs, depth_table, residual_pairs
 
     mt = depth_table(df)
     if mt.empty:
@@ -250,6 +250,15 @@ def _accuracy_vs_depth(df: pd.DataFrame) -> list[str]:
                             ["dataset", "method", "depth", "batch_norm", "residual", "plain", "seeds", "d", "lo", "hi", "verdict"],
                             {"d": lambda v: f"{v:+.2f}", "lo": lambda v: f"{v:+.2f}", "hi": lambda v: f"{v:+.2f}"},
                             {"batch_norm": "BN", "d": "difference", "lo": "CI low", "hi": "CI high"}))
+    dp = depth_pairs(df)
+    if len(dp):
+        parts.append("<p class='note'>Each deeper network minus the shallowest of its kind (same method, "
+                     "residual or plain, width and BN), each at its own best T, paired by seed (points, 95 % CI): "
+                     "does depth pay?</p>")
+        parts.append(_table(dp.assign(d=100 * dp["diff"], lo=100 * (dp["diff"] - dp["ci95"]), hi=100 * (dp["diff"] + dp["ci95"])),
+                            ["dataset", "method", "deeper", "shallower", "seeds", "d", "lo", "hi", "verdict"],
+                            {"d": lambda v: f"{v:+.2f}", "lo": lambda v: f"{v:+.2f}", "hi": lambda v: f"{v:+.2f}"},
+                            {"d": "difference", "lo": "CI low", "hi": "CI high"}))
     return parts
 
 

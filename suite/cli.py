@@ -328,7 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "validation) with 95 %% CI, SynOps, energy, training time, paired differences")
     rs.add_argument("--depth", action="store_true",
                     help="the depth experiment as Markdown: accuracy against depth per method and network kind "
-                         "(resnet family rows), gradient-norm ratios, residual minus plain paired by seed")
+                         "(resnet family rows), gradient-norm ratios, residual minus plain and deeper minus "
+                         "shallower paired by seed")
     rs.set_defaults(func=cmd_results)
 
     rp = sub.add_parser("report", help="write the self-contained HTML comparison report")

@@ -284,3 +284,30 @@ def test_depth_tables_pair_each_resnet_with_its_plain_twin_by_seed(tmp_path):
     text = depth_markdown(df)
     assert "| zeta | ResNet | 82.00 ± 4.97 | 4 |" in text
     assert "- zeta, depth 8: +10.00 (+7.52 to +12.48, 3 seeds) -- residual > plain" in text
+
+
+def test_depth_pairs_take_each_deeper_network_against_the_shallowest_of_its_kind(tmp_path):
+    from suite.reports.comparison import depth_markdown, depth_pairs
+    from suite.results import read_frame, write_cell
+
+    def rows(arch, depth, residual, seed, acc):
+        spec = {"family": "resnet", "depth": depth, "width": 8, "residual": residual, "batch_norm": True}
+        return [{"rule": "zeta", "dataset": "d", "arch": arch, "backend": "torch", "seed": seed, "T": 4, "status": "ok",
+                 "accuracy": acc, "val_accuracy": acc, "synops": 1.0, "macs": 0.0, "energy_pj": 1.0,
+                 "train_time_s": 1.0, "epochs": 1, "cell_id": f"{arch}{seed}", "extra": {"arch_spec": spec}}]
+
+    accs = {("res8", 8, True): (0.70, 0.72, 0.74), ("res14", 14, True): (0.80, 0.81, 0.85),
+            ("res20", 20, True): (0.60, 0.70, 0.80), ("plain8", 8, False): (0.5, 0.5, 0.5)}
+    for (arch, depth, res), by_seed in accs.items():
+        for s, a in enumerate(by_seed):
+            write_cell(tmp_path, f"{arch}{s}", rows(arch, depth, res, s, a))
+    df = read_frame(tmp_path)
+    got = {r["deeper"]: r for r in depth_pairs(df).to_dict("records")}
+    assert set(got) == {"res14", "res20"}  # plain8 has no deeper twin; nothing pairs across kinds
+    # res14 - res8: 0.10, 0.09, 0.11 -> mean 0.10, sd 0.01
+    assert got["res14"]["shallower"] == "res8" and got["res14"]["diff"] == pytest.approx(0.10)
+    assert got["res14"]["ci95"] == pytest.approx(4.302653 * 0.01 / 3 ** 0.5, rel=1e-5)
+    assert got["res14"]["verdict"] == "deeper > shallower"
+    # res20 - res8: -0.10, -0.02, +0.06 -> the interval holds zero
+    assert got["res20"]["diff"] == pytest.approx(-0.02) and got["res20"]["verdict"] == "no difference shown"
+    assert "- zeta, ResNet: depth 14 minus 8: +10.00 (+7.52 to +12.48, 3 seeds) -- deeper > shallower" in depth_markdown(df)

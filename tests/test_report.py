@@ -285,4 +285,7 @@ def test_accuracy_vs_depth_view_from_the_rows_arch_spec(tmp_path):
     for arch, acc in [("resnet8w8", "64.50"), ("resnet14w8", "70.50"), ("plain8w8", "54.50")]:
         assert f"<td class=\"l\">{arch}</td><td class=\"\">2</td><td class=\"\">4</td><td class=\"l\">{acc} ± " in section
     assert "<td class=\"\">31.6</td>" in section  # geometric mean of the first-epoch ratios 10 and 100
+    # resnet14w8 minus resnet8w8, paired by seed: +6.00 points both seeds (no interval from zero spread)
+    assert "does depth pay?" in section
+    assert "<td class=\"l\">resnet14w8</td><td class=\"l\">resnet8w8</td><td class=\"\">2</td><td class=\"\">+6.00</td>" in section
     assert "id='depth'" not in render(read_frame(tmp_path / "flat"), ["flat"], [])
