@@ -290,7 +290,7 @@ def depth_table(df: pd.DataFrame) -> pd.DataFrame:
     return mt
 
 
-def _by_network(df: pd.DataFrame) -> dict:
+def accuracy_by_network(df: pd.DataFrame) -> dict:
     """Per (dataset, method, depth, width, batch_norm, residual) of the depth-family rows: the
     network's name and its test accuracy by seed at the method's best T (chosen on validation)."""
     ok = df[df["status"] == "ok"]
@@ -321,21 +321,22 @@ def _order(key) -> tuple:
     return dataset, method, depth, str(width), not bn, not res
 
 
-def residual_pairs(df: pd.DataFrame) -> pd.DataFrame:
+def residual_pairs(df: pd.DataFrame, per: dict | None = None) -> pd.DataFrame:
     """Residual minus plain twin of the same depth, width and BN, per dataset and method, each
-    at its own best T (chosen on validation), paired by seed (:func:`suite.stats.paired_difference`)."""
-    per = _by_network(df)
+    at its own best T (chosen on validation), paired by seed (:func:`suite.stats.paired_difference`).
+    ``per``: :func:`accuracy_by_network` of ``df``, where the caller has it already."""
+    per = accuracy_by_network(df) if per is None else per
     pairs = [({"dataset": k[0], "method": k[1], "depth": k[2], "batch_norm": k[4], "residual": per[k][0],
                "plain": per[k[:5] + (False,)][0]}, k, k[:5] + (False,))
              for k in sorted(per, key=_order) if k[5] and k[:5] + (False,) in per]
     return _pairs(per, pairs, {"A > B": "residual > plain", "A < B": "plain > residual"})
 
 
-def depth_pairs(df: pd.DataFrame) -> pd.DataFrame:
+def depth_pairs(df: pd.DataFrame, per: dict | None = None) -> pd.DataFrame:
     """Each deeper network minus the shallowest of its kind (same method, residual or plain,
     width and BN), per dataset, each at its own best T (chosen on validation), paired by seed:
-    does depth pay?"""
-    per = _by_network(df)
+    does depth pay? ``per``: as for :func:`residual_pairs`."""
+    per = accuracy_by_network(df) if per is None else per
     shallowest = {}
     for k in per:
         kind = (k[0], k[1], k[3], k[4], k[5])
@@ -361,7 +362,8 @@ def depth_markdown(df: pd.DataFrame) -> str:
     """The depth experiment as Markdown: per dataset, test accuracy at best T against depth for
     every method and kind of network, then residual minus plain and deeper minus shallower, paired
     by seed."""
-    dt, rp, dp = depth_table(df), residual_pairs(df), depth_pairs(df)
+    per = accuracy_by_network(df)
+    dt, rp, dp = depth_table(df), residual_pairs(df, per), depth_pairs(df, per)
     if dt.empty:
         return "(no rows on depth-family networks)"
     lines = []

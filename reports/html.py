@@ -215,7 +215,7 @@ def _accuracy_vs_depth(df: pd.DataFrame) -> list[str]:
     whose ``extra.arch_spec`` has a depth (the resnet family); one chart per dataset and method,
     one line per kind of network, then residual minus plain and deeper minus shallower, paired by
     seed. Empty where no row has a depth."""
-    from suite.reports.comparison import depth_pairs, depth_table, residual_pairs
+    from suite.reports.comparison import accuracy_by_network, depth_pairs, depth_table, residual_pairs
 
     mt = depth_table(df)
     if mt.empty:
@@ -242,24 +242,29 @@ def _accuracy_vs_depth(df: pd.DataFrame) -> list[str]:
                         {"best_T": lambda v: f"{int(v)}", "grad_ratio": lambda v: f"{v:.3g}"},
                         {"best_T": "best T", "acc": "test accuracy (%)", "grad_ratio": "grad ratio"},
                         cell_fmt={"acc": _pm("acc_best", "acc_best_ci", 100.0)}))
-    rp = residual_pairs(df)
+    per = accuracy_by_network(df)
+    rp = residual_pairs(df, per)
     if len(rp):
         parts.append("<p class='note'>Residual minus plain twin of the same depth, width and BN, each at its own "
                      "best T, paired by seed (points, 95 % CI); a verdict only where the interval excludes zero.</p>")
-        parts.append(_table(rp.assign(d=100 * rp["diff"], lo=100 * (rp["diff"] - rp["ci95"]), hi=100 * (rp["diff"] + rp["ci95"])),
-                            ["dataset", "method", "depth", "batch_norm", "residual", "plain", "seeds", "d", "lo", "hi", "verdict"],
-                            {"d": lambda v: f"{v:+.2f}", "lo": lambda v: f"{v:+.2f}", "hi": lambda v: f"{v:+.2f}"},
-                            {"batch_norm": "BN", "d": "difference", "lo": "CI low", "hi": "CI high"}))
-    dp = depth_pairs(df)
+        parts.append(_differences(rp, ["dataset", "method", "depth", "batch_norm", "residual", "plain"], {"batch_norm": "BN"}))
+    dp = depth_pairs(df, per)
     if len(dp):
         parts.append("<p class='note'>Each deeper network minus the shallowest of its kind (same method, "
                      "residual or plain, width and BN), each at its own best T, paired by seed (points, 95 % CI): "
                      "does depth pay?</p>")
-        parts.append(_table(dp.assign(d=100 * dp["diff"], lo=100 * (dp["diff"] - dp["ci95"]), hi=100 * (dp["diff"] + dp["ci95"])),
-                            ["dataset", "method", "deeper", "shallower", "seeds", "d", "lo", "hi", "verdict"],
-                            {"d": lambda v: f"{v:+.2f}", "lo": lambda v: f"{v:+.2f}", "hi": lambda v: f"{v:+.2f}"},
-                            {"d": "difference", "lo": "CI low", "hi": "CI high"}))
+        parts.append(_differences(dp, ["dataset", "method", "deeper", "shallower"]))
     return parts
+
+
+def _differences(pairs: pd.DataFrame, cols: list[str], headers: dict | None = None) -> str:
+    """A table of paired differences (``diff``, ``ci95`` as fractions) in points with their interval,
+    after the columns ``cols`` that name each pair."""
+    signed = {k: (lambda v: f"{v:+.2f}") for k in ("d", "lo", "hi")}
+    return _table(pairs.assign(d=100 * pairs["diff"], lo=100 * (pairs["diff"] - pairs["ci95"]),
+                               hi=100 * (pairs["diff"] + pairs["ci95"])),
+                  cols + ["seeds", "d", "lo", "hi", "verdict"], signed,
+                  {**(headers or {}), "d": "difference", "lo": "CI low", "hi": "CI high"})
 
 
 def _accuracy_vs_cost(summ: pd.DataFrame, energy_name: str) -> list[str]:
