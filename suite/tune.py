@@ -4,7 +4,8 @@ Every rule (and baseline) of the matrix gets one Optuna study per (dataset, arch
 same budget: ``trials`` trials of at most ``epochs`` epochs on the same training samples, selected
 on the dataset's validation split (the test set is never read: trials run with
 ``evaluate_test=False``). A trial samples the rule's declared :attr:`~suite.rule.Rule.search_space`
-on top of the matrix's own options with the TPE sampler; a median pruner stops trials whose
+on top of the matrix's own options with the TPE sampler (after :func:`startup_trials` random
+ones); a median pruner stops trials whose
 per-epoch validation accuracy (best over the evaluated T) falls behind.
 
 Everything lives in the output folder: the studies in ``study.journal`` (Optuna's journal storage,
@@ -151,13 +152,24 @@ def _work(plan: Plan, entry, worker: int) -> None:
     name = plan.study_name(entry)
     # seeded per worker and by the trials already there, so a resumed study draws new points
     seed = plan.seed * 1000 + worker * 100_003 + len(optuna.load_study(study_name=name, storage=storage).trials)
-    study = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.TPESampler(seed=seed),
-                              pruner=_pruner(plan))
+    study = optuna.load_study(study_name=name, storage=storage, sampler=_sampler(plan, seed), pruner=_pruner(plan))
     objective = _objective(plan, entry, host)
     running = optuna.trial.TrialState.RUNNING
     with torch_threads(1 if os.environ.get("SNN_SUITE_TUNE_WORKER") else None):
         while _counted(study) + len(study.get_trials(deepcopy=False, states=(running,))) < plan.trials:
             study.optimize(objective, n_trials=1, catch=())
+
+
+def startup_trials(trials: int) -> int:
+    """Trials the TPE sampler draws at random before it models the finished ones: half the budget,
+    at most Optuna's default of 10. Optuna's default alone left every study of up to 10 trials a
+    seeded random search (the same points for a rule in every study, whatever the data)."""
+    return max(1, min(10, trials // 2))
+
+
+def _sampler(plan: Plan, seed: int):
+    optuna = _require_optuna()
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(plan.trials))
 
 
 def _pruner(plan: Plan):
@@ -202,7 +214,7 @@ def tune(matrix: Matrix, out, host, *, trials: int, epochs: int, limit_train: in
     n_train = _n_train(plan, entries[0], host)
     budget = {"trials": trials, "epochs_per_trial": epochs, "training_samples": n_train,
               "sample_epochs_per_study": trials * epochs * n_train, "selection": "validation split",
-              "sampler": "TPE", "pruner": "median on per-epoch validation accuracy", "tuning_seed": seed}
+              "sampler": f"TPE after {startup_trials(trials)} random trials", "pruner": "median on per-epoch validation accuracy", "tuning_seed": seed}
     log(f"budget per study: {trials} trials x {epochs} epochs x {n_train} training samples "
         f"= {trials * epochs * n_train:,} sample-epochs (pruned trials use fewer), selected on validation")
     t_all = time.perf_counter()
@@ -336,8 +348,8 @@ def write_tuned(plan: Plan, host, storage, entries, budget: dict, seconds: float
     lines = [f"# Tuned by `snn-suite tune` from {m.source['path'] if m.source else 'the command line'}"
              + (f" (sha256 {m.source['sha256'][:12]})" if m.source else ""),
              f"# Budget per rule and architecture: {budget['trials']} trials x {budget['epochs_per_trial']} epochs "
-             f"x {budget['training_samples']} training samples; TPE sampler, median pruner; selected on the "
-             f"validation split (tuning seed {budget['tuning_seed']}); the test set was not read.",
+             f"x {budget['training_samples']} training samples; {budget['sampler']} sampler, median pruner; "
+             f"selected on the validation split (tuning seed {budget['tuning_seed']}); the test set was not read.",
              f"# Tuning took {seconds:.0f} s in this invocation.", ""]
     name = m.name or "matrix"
     lines += [f"name = {_toml_value(name + '-tuned')}"]

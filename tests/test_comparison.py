@@ -219,6 +219,8 @@ def test_two_trial_tune_resumes_after_an_interruption_and_its_result_replays(tmp
     assert len(list((out / "trials" / "cells").glob("*.jsonl"))) == 2
     budget = json.loads((out / "budget.json").read_text())
     assert budget["trials"] == 2 and budget["training_samples"] == 200
+    assert budget["sampler"] == "TPE after 1 random trials" and "TPE after 1 random trials sampler" in \
+        (out / "tuned.toml").read_text()
     # tuned.toml is a matrix file whose best options replay to the trial's validation accuracy
     tuned = load_matrix(out / "tuned.toml", host)
     best = max((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: t.value)
@@ -227,6 +229,27 @@ def test_two_trial_tune_resumes_after_an_interruption_and_its_result_replays(tmp
     (cell,) = [c for c in tuned.cells()]
     rows = run_cell(cell, host)
     assert rows[0]["val_accuracy"] == pytest.approx(best.value, abs=1e-9)
+
+
+def test_tpe_models_the_finished_trials_after_half_the_budget(host):
+    """Optuna's default of 10 random startup trials made every study of up to 10 trials a seeded
+    random search: the same points for a rule in every study. Half the budget is random now."""
+    import optuna
+    from types import SimpleNamespace
+
+    from suite.tune import _sampler, startup_trials
+
+    assert [startup_trials(n) for n in (1, 2, 6, 8, 20, 40)] == [1, 1, 3, 4, 10, 10]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    def points(objective):
+        study = optuna.create_study(sampler=_sampler(SimpleNamespace(trials=8), 0))
+        study.optimize(lambda t: objective(t.suggest_float("x", 0.0, 1.0)), n_trials=8)
+        return [t.params["x"] for t in study.trials]
+
+    # the random draws do not depend on the objective; TPE's do, once 4 trials are finished
+    up, down = points(lambda x: x), points(lambda x: -x)
+    assert up[:4] == down[:4] and up[4:] != down[4:]
 
 
 def test_trials_run_as_ray_tasks_sharing_the_journal(tmp_path, host):

@@ -311,3 +311,24 @@ def test_depth_pairs_take_each_deeper_network_against_the_shallowest_of_its_kind
     # res20 - res8: -0.10, -0.02, +0.06 -> the interval holds zero
     assert got["res20"]["diff"] == pytest.approx(-0.02) and got["res20"]["verdict"] == "no difference shown"
     assert "- zeta, ResNet: depth 14 minus 8: +10.00 (+7.52 to +12.48, 3 seeds) -- deeper > shallower" in depth_markdown(df)
+
+
+def test_depth_matrices_take_their_tunes_settings_but_the_surrogate_width(host):
+    """The files that say they take a resnet8w8 tune's settings carry exactly that tune's options
+    (from its committed tuned.toml), alpha (the experiment's variable) aside."""
+    import tomllib
+    from pathlib import Path
+
+    from suite.matrix import load_matrix
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    pairs = [("depth-nmnist.toml", "nmnist-tune"), ("depth-nmnist-alpha10.toml", "nmnist-tune"),
+             ("depth-fashion_mnist-resnet-tuned.toml", "fashion_mnist-tune")]
+    for matrix, tune in pairs:
+        tuned = tomllib.loads((root / "results" / "depth" / tune / "tuned.toml").read_text())
+        m = load_matrix(root / "comparison" / matrix, host)
+        for e in m.entries:
+            want = tuned["rules"][e.rule]["archs"]["resnet8w8"]["options"]
+            got = dict(e.options)
+            assert {k: v for k, v in got.items() if k not in ("alpha", "T")} == \
+                {k: v for k, v in want.items() if k != "alpha"}, (matrix, e.rule)
