@@ -55,12 +55,14 @@ def methods(df: pd.DataFrame):
     keeps one name even where the other has no rows."""
     ok = df[df["status"] == "ok"]
     split: dict = {}
-    for (_, _, rule, _), g in ok.groupby(["dataset", "arch", "rule", "backend"], sort=True):
+    for (_, _, rule), g in ok.groupby(["dataset", "arch", "rule"], sort=True):
         split.setdefault(rule, set()).update(_differing_hps(g))
+    # the backend is named where the rule ran on several anywhere in the rows, so that it too
+    # keeps one name on every network
+    several = ok.groupby("rule")["backend"].nunique() > 1
     for (dataset, arch), grp in ok.groupby(["dataset", "arch"], sort=True):
         for (rule, backend), g in grp.groupby(["rule", "backend"], sort=True):
-            # the backend is named only where the rule ran on several
-            label = method_label(rule, backend, grp[grp["rule"] == rule]["backend"].nunique() > 1)
+            label = method_label(rule, backend, bool(several[rule]))
             for suffix, rows in _hp_variants(g, sorted(split.get(rule, ()))):
                 yield dataset, arch, label + suffix, rows
 

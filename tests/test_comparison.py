@@ -379,3 +379,11 @@ def test_rows_of_one_rule_that_differ_in_a_hyper_parameter_are_two_methods(tmp_p
     # a key only some rows record (a rule that gained an option between runs) splits nothing
     write_cell(tmp_path / "wide", "w9", [{**rows(1.0, 9, 0.6)[0], "hp": {"alpha": 1.0, "lr": 0.01, "T": 4, "new": 1}}])
     assert list(method_table(read_frame(tmp_path / "wide"))["method"]) == ["zeta"]
+    # rows from another machine on another backend: the backend and the differing setting are both
+    # named, on every network -- also where only one backend ran (the GPU's network "b")
+    for s in (0, 1, 2):
+        write_cell(tmp_path / "gpu", f"g{s}", [{**rows(10.0, s, 0.7)[0], "backend": "triton", "cell_id": f"g{s}"}])
+    write_cell(tmp_path / "gpu", "gb", [{**rows(10.0, 0, 0.7)[0], "backend": "triton", "arch": "b", "cell_id": "gb"}])
+    mixed = method_table(read_frame(tmp_path / "wide", tmp_path / "gpu"))
+    assert sorted(mixed[mixed["arch"] == "a"]["method"]) == ["zeta [fused] (alpha=1.0)", "zeta [triton] (alpha=10.0)"]
+    assert mixed[mixed["arch"] == "b"]["method"].tolist() == ["zeta [triton] (alpha=10.0)"]
