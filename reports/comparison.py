@@ -39,12 +39,28 @@ def _differing_hps(g: pd.DataFrame) -> set:
     return {k for k in keys if len({repr(h[k]) for h in hps}) > 1}
 
 
-def _hp_variants(g: pd.DataFrame, keys: list):
-    """Split one rule's rows on one network by ``keys``: ``(suffix, rows)`` per variant, suffix ``""``
-    where there are no keys."""
+def _short(v) -> str:
+    """A setting as a label shows it: as written, or a long float to 4 significant digits."""
+    text = str(v)
+    return f"{v:.4g}" if isinstance(v, float) and len(text) > 8 else text
+
+
+def _formats(g: pd.DataFrame, keys) -> dict:
+    """Per key, how its values are shown in labels: :func:`_short` where that tells every value of
+    the rows apart, else as written (so two settings never share a label)."""
+    out = {}
+    for k in keys:
+        values = {repr(h[k]): h[k] for h in _hps(g) if k in h}.values()
+        out[k] = _short if len({_short(v) for v in values}) == len(values) else str
+    return out
+
+
+def _hp_variants(g: pd.DataFrame, keys: list, formats: dict):
+    """Split one rule's rows on one network by ``keys`` (shown as ``formats`` says): ``(suffix,
+    rows)`` per variant, suffix ``""`` where there are no keys."""
     if not keys:
         return [("", g)]
-    tags = [", ".join(f"{k}={h.get(k)}" for k in keys) for h in _hps(g)]
+    tags = [", ".join(f"{k}={formats[k](h.get(k))}" for k in keys) for h in _hps(g)]
     return [(f" ({tag})", g[[t == tag for t in tags]]) for tag in sorted(set(tags))]
 
 
@@ -60,10 +76,11 @@ def methods(df: pd.DataFrame):
     # the backend is named where the rule ran on several anywhere in the rows, so that it too
     # keeps one name on every network
     several = ok.groupby("rule")["backend"].nunique() > 1
+    formats = {rule: _formats(ok[ok["rule"] == rule], keys) for rule, keys in split.items()}
     for (dataset, arch), grp in ok.groupby(["dataset", "arch"], sort=True):
         for (rule, backend), g in grp.groupby(["rule", "backend"], sort=True):
             label = method_label(rule, backend, bool(several[rule]))
-            for suffix, rows in _hp_variants(g, sorted(split.get(rule, ()))):
+            for suffix, rows in _hp_variants(g, sorted(split.get(rule, ())), formats[rule]):
                 yield dataset, arch, label + suffix, rows
 
 

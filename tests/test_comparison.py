@@ -387,3 +387,14 @@ def test_rows_of_one_rule_that_differ_in_a_hyper_parameter_are_two_methods(tmp_p
     mixed = method_table(read_frame(tmp_path / "wide", tmp_path / "gpu"))
     assert sorted(mixed[mixed["arch"] == "a"]["method"]) == ["zeta [fused] (alpha=1.0)", "zeta [triton] (alpha=10.0)"]
     assert mixed[mixed["arch"] == "b"]["method"].tolist() == ["zeta [triton] (alpha=10.0)"]
+    # a long float shows 4 significant digits, unless that would give two settings one name
+    for lr, name in ((0.0123456789, "x"), (0.0987654321, "y")):
+        for s in (0, 1):
+            write_cell(tmp_path / name, f"{name}{s}", [{**rows(1.0, s, 0.6)[0], "hp": {"alpha": 1.0, "lr": lr, "T": 4},
+                                                       "cell_id": f"{name}{s}"}])
+    assert sorted(method_table(read_frame(tmp_path / "x", tmp_path / "y"))["method"]) == [
+        "zeta (lr=0.01235)", "zeta (lr=0.09877)"]
+    write_cell(tmp_path / "y", "y0", [{**rows(1.0, 0, 0.6)[0], "hp": {"alpha": 1.0, "lr": 0.0123456788, "T": 4},
+                                       "cell_id": "y0"}])
+    assert sorted(method_table(read_frame(tmp_path / "x", tmp_path / "y"))["method"]) == [
+        "zeta (lr=0.0123456788)", "zeta (lr=0.0123456789)", "zeta (lr=0.0987654321)"]
